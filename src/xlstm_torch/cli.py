@@ -1,0 +1,37 @@
+"""The ``xlstm`` command line: one entry point, one subcommand per job.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the module sets
+``func`` on its parser. Listed in ``_SUBCOMMAND_MODULES`` in the order ``--help`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import xlstm_torch
+
+_SUBCOMMAND_MODULES = ["xlstm_torch.demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xlstm", description="xLSTM in PyTorch: ops, models, training.")
+    parser.add_argument("--version", action="version", version=f"xlstm-torch {xlstm_torch.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

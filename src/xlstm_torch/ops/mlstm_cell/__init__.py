@@ -1,0 +1,84 @@
+"""mLSTM: matrix memory with a covariance update (xLSTM paper Sec. 2.3). See README.md here.
+
+``mlstm`` is the op contract of MATH.md; the formulations live one per file:
+reference.py (the spec), parallel.py, chunkwise.py, recurrent.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_choice, check_positive_int, check_state, check_tensor, state_dtype
+from .chunkwise import mlstm_chunkwise
+from .parallel import mlstm_parallel
+from .recurrent import mlstm_recurrent, mlstm_step
+from .reference import mlstm_reference
+from .state import MLSTMState, empty_mlstm_state
+
+BACKENDS = {
+    "reference": mlstm_reference,
+    "parallel": mlstm_parallel,
+    "chunkwise": mlstm_chunkwise,
+    "recurrent": mlstm_recurrent,
+}
+DEFAULT_CHUNK_SIZE = 64
+
+
+def select_backend(S: int, device: torch.device, requires_grad: bool) -> str:
+    """What ``backend=None`` runs (measured in benchmarks/bench_ops.py on a 2-core CPU).
+
+    - S == 1: the recurrent step (decoding; O(1) per token).
+    - otherwise: chunkwise. It is linear in S in time and memory, and for S <= chunk size it is
+      one chunk, i.e. the parallel form without the S x S exponentials, so it wins there too.
+    The quadratic parallel form is never picked automatically.
+    """
+    if S == 1:
+        return "recurrent"
+    return "chunkwise"
+
+
+def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str | None = None,
+          chunk_size: int | None = None, eps: float = 1e-6):
+    """The mLSTM cell over a sequence (MATH.md "The op-level contract").
+
+    q, k: (B, NH, S, DK)   v: (B, NH, S, DV)   i, f: (B, NH, S) input/forget gate pre-activations
+    state: optional MLSTMState (C̄ (B, NH, DK, DV), n̄ (B, NH, DK), m (B, NH)) to start from.
+    Returns h (B, NH, S, DV) in q's dtype, and with ``return_state`` also the final MLSTMState
+    (float32, or float64 for float64 inputs).
+    """
+    check_tensor("q", q, 4)
+    B, NH, S, DK = q.shape
+    dtype, device = q.dtype, q.device
+    check_tensor("k", k, 4, dtype=dtype, device=device, shape=(B, NH, S, DK))
+    check_tensor("v", v, 4, dtype=dtype, device=device)
+    if tuple(v.shape[:3]) != (B, NH, S):
+        raise ValueError(f"v must have shape (B, NH, S, DV) = ({B}, {NH}, {S}, DV), got {tuple(v.shape)}")
+    DV = v.shape[-1]
+    check_tensor("i", i, 3, dtype=dtype, device=device, shape=(B, NH, S))
+    check_tensor("f", f, 3, dtype=dtype, device=device, shape=(B, NH, S))
+    if S == 0 or DK == 0 or DV == 0:
+        raise ValueError(f"q and v need S >= 1, DK >= 1 and DV >= 1, got q {tuple(q.shape)}, v {tuple(v.shape)}")
+    check_choice("backend", backend, list(BACKENDS) + [None])
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)
+    if not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    sdtype = state_dtype(dtype)
+    if state is not None:
+        state = check_state("state", state, {"C": (B, NH, DK, DV), "n": (B, NH, DK), "m": (B, NH)}, device)
+        state = MLSTMState(*(x.to(sdtype) for x in state))
+
+    requires_grad = torch.is_grad_enabled() and any(
+        x.requires_grad for x in (q, k, v, i, f, *(state or ())))
+    name = backend or select_backend(S, device, requires_grad)
+    args = [x.to(sdtype) for x in (q, k, v, i, f)]
+    if name == "chunkwise":
+        h, final = mlstm_chunkwise(*args, state=state, eps=float(eps), chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
+    else:
+        h, final = BACKENDS[name](*args, state=state, eps=float(eps))
+    h = h.to(dtype)
+    return (h, final) if return_state else h
+
+
+__all__ = ["mlstm", "mlstm_step", "MLSTMState", "empty_mlstm_state", "BACKENDS", "select_backend",
+           "mlstm_reference", "mlstm_parallel", "mlstm_chunkwise", "mlstm_recurrent"]

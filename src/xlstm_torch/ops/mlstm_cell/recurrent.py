@@ -1,0 +1,46 @@
+"""mLSTM recurrent form: the O(1)-per-token step used for decoding, and a sequence loop over it.
+
+MATH.md "Stabilised recurrent form". The step works on the matrix memory in place of a
+(B, NH, S, ...) sequence, so generation costs the same per token at any context length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .state import MLSTMState, normaliser_floor, empty_mlstm_state
+
+
+def mlstm_step(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6):
+    """One step. q, k: (B, NH, DK); v: (B, NH, DV); i, f: (B, NH). Returns h (B, NH, DV), MLSTMState."""
+    B, NH, DK = q.shape
+    if state is None:
+        state = empty_mlstm_state(B, NH, DK, v.shape[-1], dtype=q.dtype, device=q.device)
+    C, n, m = state
+    log_f_plus_m = F.logsigmoid(f) + m  # (B, NH)
+    m_new = torch.maximum(log_f_plus_m, i)
+    f_scaled = torch.exp(log_f_plus_m - m_new)
+    k_scaled = k * (torch.exp(i - m_new) / math.sqrt(DK))[..., None]  # (B, NH, DK)
+    C = torch.addcmul(C * f_scaled[..., None, None], k_scaled[..., :, None], v[..., None, :])  # (B, NH, DK, DV)
+    n = torch.addcmul(k_scaled, n, f_scaled[..., None])  # (B, NH, DK)
+    num = (q[..., None, :] @ C).squeeze(-2)  # (B, NH, DV)
+    den = (q * n).sum(-1)  # (B, NH)
+    h = num / (torch.maximum(den.abs(), normaliser_floor(m_new)) + eps)[..., None]
+    return h, MLSTMState(C, n, m_new)
+
+
+def mlstm_recurrent(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6):
+    """The sequence as S calls of ``mlstm_step``; same contract as ``mlstm_reference``."""
+    S = q.shape[2]
+    h = q.new_empty(*q.shape[:3], v.shape[-1]) if not torch.is_grad_enabled() else None
+    hs = []
+    for t in range(S):
+        h_t, state = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], state, eps)
+        if h is not None:
+            h[:, :, t] = h_t
+        else:
+            hs.append(h_t)
+    return (h if h is not None else torch.stack(hs, dim=2)), state

@@ -1,0 +1,52 @@
+"""sLSTM: scalar memory with memory mixing across a head (xLSTM paper Sec. 2.2).
+
+``slstm`` is the op contract of MATH.md; reference.py holds the spec, recurrent.py the fast form.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_choice, check_state, check_tensor, state_dtype
+from .reference import slstm_reference
+from .state import SLSTMState, empty_slstm_state
+
+BACKENDS = {"reference": slstm_reference}
+
+
+def select_backend(device: torch.device) -> str:
+    """What ``backend=None`` runs: the fast recurrent form when present, else the reference."""
+    return "recurrent" if "recurrent" in BACKENDS else "reference"
+
+
+def slstm(wx, r, b, *, state=None, return_state: bool = False, backend: str | None = None):
+    """The sLSTM cell over a sequence (MATH.md "The op-level contract").
+
+    wx: (B, S, NH, 4, DH) input contributions W x_t for gates (i, f, z, o)
+    r:  (NH, 4, DH, DH) recurrent blocks: raw[:, t, h, g] = wx[:, t, h, g] + h_{t-1}[:, h] @ r[h, g] + b[h, g]
+    b:  (NH, 4, DH) biases
+    state: optional SLSTMState (h, c̄, n̄, m), each (B, NH, DH).
+    Returns h (B, S, NH, DH) in wx's dtype, and with ``return_state`` the final SLSTMState.
+    """
+    check_tensor("wx", wx, 5)
+    B, S, NH, G, DH = wx.shape
+    if G != 4:
+        raise ValueError(f"wx must have shape (B, S, NH, 4, DH) with the 4 gates (i, f, z, o), got {tuple(wx.shape)}")
+    if S == 0 or DH == 0:
+        raise ValueError(f"wx needs S >= 1 and DH >= 1, got shape {tuple(wx.shape)}")
+    dtype, device = wx.dtype, wx.device
+    check_tensor("r", r, 4, dtype=dtype, device=device, shape=(NH, 4, DH, DH))
+    check_tensor("b", b, 3, dtype=dtype, device=device, shape=(NH, 4, DH))
+    check_choice("backend", backend, list(BACKENDS) + [None])
+    sdtype = state_dtype(dtype)
+    if state is not None:
+        shape = (B, NH, DH)
+        state = check_state("state", state, {"h": shape, "c": shape, "n": shape, "m": shape}, device)
+        state = SLSTMState(*(x.to(sdtype) for x in state))
+    name = backend or select_backend(device)
+    h, final = BACKENDS[name](wx.to(sdtype), r.to(sdtype), b.to(sdtype), state)
+    h = h.to(dtype)
+    return (h, final) if return_state else h
+
+
+__all__ = ["slstm", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference"]
