@@ -79,8 +79,9 @@ def _chunks(x: torch.Tensor, nc: int, L: int, *, ones_column: bool = False) -> t
     BH, S, D = x.shape
     if not ones_column and S == nc * L:
         return x.reshape(BH, nc, L, D)
-    out = x.new_zeros(BH, nc * L, D + ones_column)
+    out = x.new_empty(BH, nc * L, D + ones_column)
     out[:, :S, :D] = x
+    out[:, S:, :D] = 0.0
     if ones_column:
         out[:, :, D] = 1.0
     return out.view(BH, nc, L, D + ones_column)
@@ -143,7 +144,9 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         dh_dot_h = (dh * h_pad).sum(-1)  # (BH nc, L)
         floor = normaliser_floor(st["m_step"], dtype).view_as(den)
         dden = -dh_dot_h / Q * torch.sign(den) * (den.abs() > floor).to(dtype)
-        dnum = torch.cat([dh / Q[..., None], dden[..., None]], dim=-1)  # (BH nc, L, DV+1)
+        dnum = dh.new_empty(BH * nc, L, DV + 1)  # (BH nc, L, DV+1): numerator and normaliser columns
+        torch.div(dh, Q[..., None], out=dnum[..., :DV])
+        dnum[..., DV] = dden
         dl = dh_dot_h + dden * den  # dℓ_j
 
         # Carried state: num += (q exp(m_{k-1} - M_j)) C̄_in.
@@ -154,9 +157,11 @@ class ChunkwiseMLSTM(torch.autograd.Function):
             torch.zeros(BH, DK, DV, dtype=dtype, device=q.device) if dC_last is None else dC_last.reshape(BH, DK, DV),
             torch.zeros(BH, DK, 1, dtype=dtype, device=q.device) if dn_last is None else dn_last.reshape(BH, DK, 1),
         ], dim=-1)
-        dC_end, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac["decay"])
-        C_end = torch.cat([C_in[:, 1:], C_last[:, None]], dim=1)  # (BH, nc, DK, DV+1)
-        dg = (dC_end * C_end).sum((-1, -2))  # (BH, nc): both parts of C̄_end ∝ exp(g)
+        dC_end, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac)
+        # dg_k = <dC̄_end_k, C̄_end_k>: both parts of the state leaving chunk k are ∝ exp(g_k).
+        dg = torch.empty(BH, nc, dtype=dtype, device=q.device)
+        dg[:, :-1] = _dot(dC_end[:, :-1], C_in[:, 1:])
+        dg[:, -1] = _dot(dC_end[:, -1], C_last)
 
         # Intra-chunk part: num += tril((q exp(c - M_j)) kwᵀ) v.
         dnum_row = dnum * fac["row"].view(-1, L, 1)
@@ -167,7 +172,7 @@ class ChunkwiseMLSTM(torch.autograd.Function):
             scores[fac["unsafe"]] = 0.0
         dq = torch.baddbmm(dq, dscores, _flat(kw))
         # The chunk's own inflow to the state it leaves: inflow_k kwᵀ v.
-        dC_inflow = _flat(dC_end * fac["inflow"][..., None, None])  # (BH nc, DK, DV+1)
+        dC_inflow = _flat(dC_inflow)  # (BH nc, DK, DV+1) gradient on the chunk's unweighted update kwᵀ v
         dkw = torch.baddbmm(dscores.transpose(-1, -2) @ _flat(qc), _flat(vc), dC_inflow.transpose(-1, -2))
         dv = torch.baddbmm(scores.transpose(-1, -2) @ dnum_row, _flat(kw), dC_inflow)[..., :DV]
         dk = dkw * fac["w"].view(-1, L, 1)
@@ -193,10 +198,10 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         # Stabiliser path (module docstring): h_j depends on m_j through eps; the returned m is an
         # output and the returned C̄, n̄ carry exp(-m); dm0 also collects the initial state's scale.
         dm_step = (-eps * dh_dot_h / Q).double().view(BH, nc, L)
-        dm_final = -(dC_last * C_last).sum((-1, -2))
+        dm_final = -_dot(dC_last, C_last)
         if dm_last is not None:
             dm_final = dm_final + dm_last.reshape(BH)
-        dm0 = (dC0 * C0).sum((-1, -2)).double()
+        dm0 = _dot(dC0, C0).double()
         if eps != 0.0 or bool((dm_final != 0).any()):
             gi, gf, gm0 = _stabiliser_grads(i64, f64, m0_64, S, L, dm_step, dm_final.double())
             di[:, :S] += gi
@@ -270,30 +275,43 @@ def _intra_unsafe(qc, kc, vc, st, sel):
                               _flat(st["M"])[sel], DK)
 
 
+def _dot(a, b):
+    """Inner product over the last two dimensions (one pass, no temporary)."""
+    return torch.linalg.vecdot(a.flatten(-2), b.flatten(-2))
+
+
 def _scan_states(kw, vc, fac, C0):
     """C_in[:, k] is the state entering chunk k; C_last the state after the last chunk.
 
     kw: (BH, nc, L, DK); vc: (BH, nc, L, DV+1); C0: (BH, DK, DV+1).
+    C̄_{k+1} = decay_k C̄_k + inflow_k kw_kᵀ v_k, the per-chunk weights applied inside the scan.
     """
     BH, nc = kw.shape[:2]
-    update = (kw.transpose(-1, -2) @ vc) * fac["inflow"][..., None, None]  # (BH, nc, DK, DV+1)
+    update = kw.transpose(-1, -2) @ vc  # (BH, nc, DK, DV+1)
     C_in = C0.new_empty(BH, nc, *C0.shape[1:])
     C_in[:, 0] = C0
-    decay = fac["decay"][..., None, None]
+    decay, inflow = fac["decay"][..., None, None], fac["inflow"][..., None, None]
     for kk in range(nc - 1):
-        torch.addcmul(update[:, kk], C_in[:, kk], decay[:, kk], out=C_in[:, kk + 1])
-    return C_in, torch.addcmul(update[:, -1], C_in[:, -1], decay[:, -1])
+        torch.mul(C_in[:, kk], decay[:, kk], out=C_in[:, kk + 1]).addcmul_(update[:, kk], inflow[:, kk])
+    return C_in, torch.addcmul(C_in[:, -1] * decay[:, -1], update[:, -1], inflow[:, -1])
 
 
-def _scan_state_grads(into_state, dC_last, decay):
-    """Reverse of ``_scan_states``: gradient on the state leaving each chunk, and on C0."""
+def _scan_state_grads(into_state, dC_last, fac):
+    """Reverse of ``_scan_states``.
+
+    Returns the gradient on the state leaving each chunk (BH, nc, DK, DV+1), the same times the
+    chunk's inflow weight (the gradient on its update kwᵀ v), and the gradient on C0.
+    """
     BH, nc = into_state.shape[:2]
-    decay = decay[..., None, None]
+    decay, inflow = fac["decay"][..., None, None], fac["inflow"][..., None, None]
     dC_end = torch.empty_like(into_state)
+    dC_inflow = torch.empty_like(into_state)
     dC_end[:, -1] = dC_last
     for kk in range(nc - 1, 0, -1):
+        torch.mul(dC_end[:, kk], inflow[:, kk], out=dC_inflow[:, kk])
         torch.addcmul(into_state[:, kk], dC_end[:, kk], decay[:, kk], out=dC_end[:, kk - 1])
-    return dC_end, torch.addcmul(into_state[:, 0], dC_end[:, 0], decay[:, 0])
+    torch.mul(dC_end[:, 0], inflow[:, 0], out=dC_inflow[:, 0])
+    return dC_end, dC_inflow, torch.addcmul(into_state[:, 0], dC_end[:, 0], decay[:, 0])
 
 
 def mlstm_chunkwise(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6, chunk_size: int = 64):
