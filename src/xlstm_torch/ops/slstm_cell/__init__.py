@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_choice, check_state, check_tensor, state_dtype
+from .recurrent import slstm_recurrent
 from .reference import slstm_reference
 from .state import SLSTMState, empty_slstm_state
 
-BACKENDS = {"reference": slstm_reference}
+BACKENDS = {"reference": slstm_reference, "recurrent": slstm_recurrent}
 
 
 def select_backend(device: torch.device) -> str:
@@ -49,4 +50,4 @@ def slstm(wx, r, b, *, state=None, return_state: bool = False, backend: str | No
     return (h, final) if return_state else h
 
 
-__all__ = ["slstm", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference"]
+__all__ = ["slstm", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference", "slstm_recurrent"]
