@@ -201,6 +201,26 @@ def test_partial_requires_grad_and_retain_graph():
     assert torch.equal(g1, g2)
 
 
+def test_workspace_reuses_buffers_but_never_those_of_a_live_graph():
+    """A graph kept for a second backward keeps its buffers while other calls run."""
+    recurrent_module.release_workspace()
+    wx, r, b = make_inputs(S=70)
+    h = slstm(wx, r, b, backend="recurrent")
+    (g1,) = torch.autograd.grad((h**2).sum(), wx, retain_graph=True)
+    for _ in range(2):  # same shapes: would take the kept graph's buffers if they counted as free
+        other = slstm(wx * 0.5, r, b, backend="recurrent")
+        torch.autograd.grad(other.sum(), wx)
+    (g2,) = torch.autograd.grad((h**2).sum(), wx)
+    assert torch.equal(g1, g2)
+    del h
+    kept = recurrent_module._WORKSPACE
+    held = kept.free_bytes()
+    slstm(wx, r, b, backend="recurrent").sum().backward()
+    assert kept.free_bytes() == held  # everything this call needed came from the pool
+    recurrent_module.release_workspace()
+    assert kept.free_bytes() == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_extreme_gates_finite(dtype):
     """Gate pre-activations anywhere in [-1e4, 1e4]: finite outputs, states and gradients."""

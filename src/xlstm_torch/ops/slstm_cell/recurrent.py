@@ -36,21 +36,29 @@ from contextlib import contextmanager
 import torch
 from torch.autograd.function import once_differentiable
 
+from ._workspace import Workspace
 from .state import SLSTMState
 
-CHUNK = 64  # steps per chunk of the backward (and of the forward's pre-activation fill)
+CHUNK = 64  # steps per chunk: pre-activation fill, per-step views, backward workspace
 
-# Per-step forward slots. Before step t: [a, ĩ, f̃, õ, z̃], a = logσ(f̃) + m_{t-1}; the raw gates
-# [ĩ, f̃, õ, z̃] (slots 1:5) are one (4·NH, B, DH) matmul output. After step t, in place:
-# [f', i', f̃, o, z] with f' = exp(a - m_t), i' = exp(ĩ - m_t), o = σ(õ), z = tanh(z̃).
-F_ACT, I_ACT, F_RAW, O_ACT, Z_ACT = 0, 1, 2, 3, 4
+# Per-step forward slots. Before step t: [a, ĩ, f̃, z̃, õ] with a = logσ(f̃) + m_{t-1}; the raw gates
+# (slots 1:5, contract order i, f, z, o) are one (4·NH, B, DH) matmul output. After step t, in place:
+# [f', i', f̃, z, o] with f' = exp(a - m_t), i' = exp(ĩ - m_t), z = tanh(z̃), o = σ(õ).
+F_ACT, I_ACT, F_RAW, Z_ACT, O_ACT = 0, 1, 2, 3, 4
 N_SLOTS = 5
-# RAW_GATES[k] is the contract gate (i, f, z, o) = (0, 1, 2, 3) in raw slot 1 + k.
-RAW_GATES = (0, 1, 3, 2)
 
 # Backward workspace slots, per step (see _coefficients).
-W_CN, W_HC, W_KC, W_KN, W_BACK, W_DH_OUT, W_CHAIN = 0, 2, 4, 6, 8, 12, 13
+W_CN, W_CH, W_KN, W_KC, W_BACK, W_DH_OUT, W_CHAIN = 0, 2, 4, 6, 8, 12, 13
 N_WORK = 15
+
+
+# Big per-call buffers are reused across calls: see _workspace.py. release_workspace() frees them.
+_WORKSPACE = Workspace()
+
+
+def release_workspace() -> None:
+    """Free the buffers this backend keeps between calls (those of live graphs stay)."""
+    _WORKSPACE.clear()
 
 
 @contextmanager
@@ -67,107 +75,106 @@ def _one_thread():
 
 
 def _steps(x: torch.Tensor) -> tuple:
-    """Per-step views of a (S, ...) buffer, made in one call."""
+    """Per-step views of a (L, ...) buffer, made in one call."""
     return x.unbind(0)
-
-
-def _fill_pre(gates, wx, b, t0: int, t1: int) -> None:
-    """gates[:, 1:5] = wx + b for steps t0..t1-1 in raw slot order."""
-    for k, g in enumerate(RAW_GATES):
-        torch.add(wx[:, t0:t1, :, g].permute(1, 2, 0, 3), b[:, g, None, :], out=gates[:, 1 + k])  # (L, NH, B, DH)
 
 
 def _forward(wx, r, b, h0, c0, n0, m0, h_out, store: bool):
     """Run the recurrence, writing h into h_out (B, S, NH, DH).
 
-    Returns gates (S, N_SLOTS, NH, B, DH) and cn (S + 1, 2, NH, B, DH) = [c̄, n̄] when ``store``
+    Returns gates (S, N_SLOTS, NH, B, DH) and cn (S + 1, 2, NH, B, DH) = [n̄, c̄] when ``store``
     (else None, None), the final (h, c̄, n̄, m) each (NH, B, DH), and R4 (4·NH, DH, DH): the
-    recurrent blocks batched over (gate, head) in raw slot order.
+    recurrent blocks batched over (gate, head).
     """
     B, S, NH, _, DH = wx.shape
     new = wx.new_empty
-    L = S if store else min(S, CHUNK)
-    gates = new(L, N_SLOTS, NH, B, DH)
-    cn = new(L + 1, 2, NH, B, DH)
-    h4 = new(2, 4, NH, B, DH)  # h_{t-1} and h_t, once per gate
+    L = min(S, CHUNK)
+
+    def take(*shape):
+        return _WORKSPACE.take(shape, wx.dtype, wx.device)
+
+    gates = take(S if store else L, N_SLOTS, NH, B, DH)
+    cn = take(S + 1 if store else L + 1, 2, NH, B, DH)
+    hs = take(L + 1, 4, NH, B, DH)  # h_{t0-1} .. h_{t1-1} of a chunk, once per gate: the matmul needs no copy
     m = new(2, 1, NH, B, DH)  # m_{t-1} and m_t
     R4 = new(4 * NH, DH, DH)
     ratio = new(1, NH, B, DH)  # c̄/n̄ of the current step
     with torch.inference_mode(), _one_thread():
-        R4.view(4, NH, DH, DH).copy_(r[:, list(RAW_GATES)].transpose(0, 1))
+        R4.copy_(r.transpose(0, 1).reshape(4 * NH, DH, DH))
         if h0 is None:
-            h4[0].zero_()
+            hs[0].zero_()
             cn[0].zero_()
             m[0].fill_(float("-inf"))
         else:
-            h4[0].copy_(h0.transpose(0, 1).expand(4, NH, B, DH))
-            cn[0, 0].copy_(c0.transpose(0, 1))
-            cn[0, 1].copy_(n0.transpose(0, 1))
+            hs[0].copy_(h0.transpose(0, 1).expand(4, NH, B, DH))
+            cn[0, 0].copy_(n0.transpose(0, 1))
+            cn[0, 1].copy_(c0.transpose(0, 1))
             m[0, 0].copy_(m0.transpose(0, 1))
-        h_mat, h4_s, h_first, m_s = _steps(h4.view(2, 4 * NH, B, DH)), _steps(h4), _steps(h4[:, 0]), _steps(m)
+        h_mat, h_s, m_s = _steps(hs.view(L + 1, 4 * NH, B, DH)), _steps(hs), _steps(m)
         ratio4 = ratio.expand(4, NH, B, DH)
-        h_out_s = _steps(h_out.permute(1, 2, 0, 3))  # (NH, B, DH) views
         log_sigmoid, maximum, exp, tanh, sigmoid, mul, div = (
             torch._C._nn.log_sigmoid, torch.maximum, torch.exp, torch.tanh, torch.sigmoid, torch.mul, torch.div)
         for t0 in range(0, S, CHUNK):
             t1 = min(t0 + CHUNK, S)
-            if store:
-                g, s = gates[t0:t1], cn[t0 : t1 + 1]
-            else:
-                g, s = gates[: t1 - t0], cn[: t1 - t0 + 1]
-                if t0 > 0:
+            Lc = t1 - t0
+            g, s = (gates[t0:t1], cn[t0 : t1 + 1]) if store else (gates[:Lc], cn[: Lc + 1])
+            if t0 > 0:
+                hs[0].copy_(hs[L])
+                if not store:
                     s[0].copy_(cn[L])
-            _fill_pre(g, wx, b, t0, t1)
-            raw = _steps(g[:, 1:].reshape(t1 - t0, 4 * NH, B, DH))
-            a_s, i_raw, f_raw = _steps(g[:, 0:1]), _steps(g[:, 1:2]), _steps(g[:, F_RAW : F_RAW + 1])
-            ai, o_s, z_s = _steps(g[:, 0:2]), _steps(g[:, O_ACT : O_ACT + 1]), _steps(g[:, Z_ACT : Z_ACT + 1])
-            o4 = _steps(g[:, O_ACT : O_ACT + 1].expand(t1 - t0, 4, NH, B, DH))
-            f_act, i_act = a_s, i_raw  # the same slots after the exp
-            cn_s, c_s, n_s = _steps(s), _steps(s[:, 0:1]), _steps(s[:, 1:2])
-            for j in range(t1 - t0):
-                t = t0 + j
-                prev, cur = t % 2, (t + 1) % 2
-                raw[j].baddbmm_(h_mat[prev], R4)  # raw gates (4·NH, B, DH)
-                log_sigmoid(f_raw[j], out=a_s[j])
-                a_s[j].add_(m_s[prev])
-                maximum(a_s[j], i_raw[j], out=m_s[cur])
-                ai[j].sub_(m_s[cur])
-                exp(ai[j], out=ai[j])  # [f', i'], both <= 1
+            torch.add(wx[:, t0:t1].permute(1, 3, 2, 0, 4), b.transpose(0, 1)[:, :, None], out=g[:, 1:])  # wx + b
+            raw = _steps(g[:, 1:].reshape(Lc, 4 * NH, B, DH))
+            f_act, i_act, f_raw = _steps(g[:, 0:1]), _steps(g[:, 1:2]), _steps(g[:, 2:3])
+            fi, z_s, o_s = _steps(g[:, 0:2]), _steps(g[:, Z_ACT : Z_ACT + 1]), _steps(g[:, O_ACT : O_ACT + 1])
+            o4 = _steps(g[:, O_ACT : O_ACT + 1].expand(Lc, 4, NH, B, DH))
+            cn_s, n_s, c_s = _steps(s), _steps(s[:, 0:1]), _steps(s[:, 1:2])
+            for j in range(Lc):
+                prev, cur = (t0 + j) % 2, (t0 + j + 1) % 2
+                raw[j].baddbmm_(h_mat[j], R4)  # raw gates (4·NH, B, DH)
+                log_sigmoid(f_raw[j], out=f_act[j])
+                f_act[j].add_(m_s[prev])  # a
+                maximum(f_act[j], i_act[j], out=m_s[cur])
+                fi[j].sub_(m_s[cur])
+                exp(fi[j], out=fi[j])  # [f', i'], both <= 1
                 tanh(z_s[j], out=z_s[j])
                 sigmoid(o_s[j], out=o_s[j])
                 mul(cn_s[j], f_act[j], out=cn_s[j + 1])
-                c_s[j + 1].addcmul_(z_s[j], i_act[j])
-                n_s[j + 1].add_(i_act[j])  # [c̄, n̄] = f'·[c̄, n̄] + i'·[z, 1]
+                n_s[j + 1].add_(i_act[j])
+                c_s[j + 1].addcmul_(z_s[j], i_act[j])  # [n̄, c̄] = f'·[n̄, c̄] + i'·[1, z]
                 div(c_s[j + 1], n_s[j + 1], out=ratio)
-                mul(ratio4, o4[j], out=h4_s[cur])  # h = o·c̄/n̄, once per gate
-                h_out_s[t].copy_(h_first[cur])
+                mul(ratio4, o4[j], out=h_s[j + 1])  # h = o·c̄/n̄, once per gate
+            h_out[:, t0:t1].copy_(hs[1 : Lc + 1, 0].permute(2, 0, 1, 3))
         last = cn[S] if store else cn[S - (S - 1) // CHUNK * CHUNK]
-        final = (h4[S % 2, 0], last[0], last[1], m[S % 2, 0])
+        final = tuple(x.clone() for x in (hs[S - (S - 1) // CHUNK * CHUNK, 0], last[1], last[0], m[S % 2, 0]))
+    _WORKSPACE.give_back(hs)
+    if not store:
+        _WORKSPACE.give_back(gates, cn)
     return (gates, cn) if store else (None, None), final, R4
 
 
 def _coefficients(work, gates, cn, h):
     """Coefficients of the reverse loop for one chunk of L steps, all steps at once.
 
-    gates (L, N_SLOTS, NH, B, DH), cn (L + 1, 2, NH, B, DH) = [c̄, n̄]_{t-1..t}, h (L, NH, B, DH).
-    With the loop's gradient D = [dh, dc̄, dn̄] of step t, work[:L] receives
-      W_CN:  [o/n̄, -h/n̄]               [dc̄, dn̄] += dh·W_CN
-      W_HC:  [h(1 - o), i'(1 - z²)]     [dõ, dz̃] = [dh, dc̄]·W_HC
-      W_KC:  [i'z, f'σ(-f̃)c̄_{t-1}]      [dĩ, df̃] = W_KC·dc̄ + W_KN·dn̄
-      W_KN:  [i', f'σ(-f̃)n̄_{t-1}]
+    gates (L, N_SLOTS, NH, B, DH), cn (L + 1, 2, NH, B, DH) = [n̄, c̄]_{t-1..t}, h (L, NH, B, DH).
+    With the loop's gradient D = [dn̄, dc̄, dh] of step t, work[:L] receives
+      W_CN:  [-h/n̄, o/n̄]                [dn̄, dc̄] += dh·W_CN
+      W_CH:  [i'(1 - z²), h(1 - o)]     [dz̃, dõ] = [dc̄, dh]·W_CH
+      W_KN:  [i', f'σ(-f̃)n̄_{t-1}]       [dĩ, df̃] = W_KN·dn̄ + W_KC·dc̄
+      W_KC:  [i'z, f'σ(-f̃)c̄_{t-1}]
+    Returns σ(-f̃) (L, NH, B, DH).
     """
     L = gates.shape[0]
     w = work[:L]
-    f_act, i_act, o, z = (gates[:, k] for k in (F_ACT, I_ACT, O_ACT, Z_ACT))
-    n = cn[1:, 1]
-    torch.div(o, n, out=w[:, W_CN])
-    torch.div(h, n, out=w[:, W_CN + 1]).neg_()
-    torch.addcmul(h, h, o, value=-1, out=w[:, W_HC])
+    f_act, i_act, z, o = (gates[:, k] for k in (F_ACT, I_ACT, Z_ACT, O_ACT))
+    n = cn[1:, 0]
+    torch.div(h, n, out=w[:, W_CN]).neg_()
+    torch.div(o, n, out=w[:, W_CN + 1])
+    torch.addcmul(h, h, o, value=-1, out=w[:, W_CH + 1])
     torch.mul(i_act, z, out=w[:, W_KC])
-    torch.addcmul(i_act, w[:, W_KC], z, value=-1, out=w[:, W_HC + 1])
+    torch.addcmul(i_act, w[:, W_KC], z, value=-1, out=w[:, W_CH])
     w[:, W_KN].copy_(i_act)
     sig_neg_f = torch.sigmoid(-gates[:, F_RAW])  # dlogσ(f̃)/df̃
-    torch.mul(cn[:-1], (sig_neg_f * f_act)[:, None], out=w[:, W_KC + 1 : W_KN + 2 : 2])  # df'/df̃ = f'σ(-f̃)
+    torch.mul(cn[:-1], (sig_neg_f * f_act)[:, None], out=w[:, W_KN + 1 : W_KC + 2 : 2])  # df'/df̃ = f'σ(-f̃)
     return sig_neg_f
 
 
@@ -188,25 +195,30 @@ def _chain_chunk(work, gates, sig_neg_f, g_m, reach_after):
     return reach_prev[0]
 
 
+def _run_forward(wx, r, b, h0, c0, n0, m0, store: bool):
+    """h (B, S, NH, DH), the final (h, c̄, n̄, m) each (B, NH, DH), and what backward needs."""
+    B, S, NH, _, DH = wx.shape
+    h = wx.new_empty(B, S, NH, DH)
+    saved, final, R4 = _forward(wx, r, b, h0, c0, n0, m0, h, store)
+    outs = [wx.new_empty(B, NH, DH) for _ in range(4)]
+    with torch.inference_mode():
+        for x, y in zip(outs, final):
+            x.copy_(y.transpose(0, 1))
+    return h, outs, saved, R4
+
+
 class _SLSTMRecurrentFunction(torch.autograd.Function):
     """Inputs wx, r, b and the initial state (h0, c0, n0, m0, or four Nones); outputs h (B, S, NH, DH)
     and the final (h, c̄, n̄, m), each (B, NH, DH). Backward is not itself differentiable."""
 
     @staticmethod
     def forward(ctx, wx, r, b, h0, c0, n0, m0):
-        B, S, NH, _, DH = wx.shape
-        store = any(ctx.needs_input_grad)
-        h = wx.new_empty(B, S, NH, DH)
-        (gates, cn), final, R4 = _forward(wx, r, b, h0, c0, n0, m0, h, store)
-        outs = [wx.new_empty(B, NH, DH) for _ in range(4)]
-        with torch.inference_mode():
-            for x, y in zip(outs, final):
-                x.copy_(y.transpose(0, 1))
+        h, final, (gates, cn), R4 = _run_forward(wx, r, b, h0, c0, n0, m0, store=True)
         ctx.set_materialize_grads(False)
         ctx.has_state = h0 is not None
-        if store:
-            ctx.save_for_backward(gates, cn, R4, h, h0)
-        return (h, *outs)
+        ctx.save_for_backward(gates, cn, R4, h, h0)
+        _WORKSPACE.lend(gates, cn)
+        return (h, *final)
 
     @staticmethod
     @once_differentiable
@@ -230,25 +242,29 @@ def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, 
     new = gates.new_empty
     # g = dm_S - <dc̄_S, c̄_S> - <dn̄_S, n̄_S> (module docstring); skip the chain when it is zero.
     g_m = grad_mS.transpose(0, 1).clone() if grad_mS is not None else torch.zeros_like(cn[S, 0])
-    for grad, value in ((grad_cS, cn[S, 0]), (grad_nS, cn[S, 1])):
+    for grad, value in ((grad_nS, cn[S, 0]), (grad_cS, cn[S, 1])):
         if grad is not None:
             g_m.addcmul_(grad.transpose(0, 1), value, value=-1)
     chain = bool(g_m.any())
     reach = torch.ones_like(g_m)
 
     L = min(S, CHUNK)
-    work = new(L, N_WORK, NH, B, DH)
-    draw = new(L, 4, NH, B, DH)  # raw-gate gradients of a chunk, raw slot order (i, f, o, z)
-    h_prev = new(L, NH, B, DH)
-    d_r4 = torch.zeros(4, NH, DH, DH, dtype=gates.dtype, device=gates.device)
+    work, draw, draw_rows, h_prev = scratch = [
+        _WORKSPACE.take(shape, gates.dtype, gates.device) for shape in (
+            (L, N_WORK, NH, B, DH),
+            (L, 4, NH, B, DH),  # raw-gate gradients (i, f, z, o) of a chunk
+            (NH, L, B, 4, DH),  # the same, laid out for dR and dwx
+            (NH, L, B, DH),  # h_{t-1} of a chunk, laid out for dR
+        )]
+    d_r.zero_()
     d_b.zero_()
-    D = torch.zeros(3, NH, B, DH, dtype=gates.dtype, device=gates.device)  # [dh, dc̄, dn̄] of the current step
-    for k, grad in ((0, grad_hS), (1, grad_cS), (2, grad_nS)):
+    D = torch.zeros(3, NH, B, DH, dtype=gates.dtype, device=gates.device)  # [dn̄, dc̄, dh] of the current step
+    for k, grad in ((0, grad_nS), (1, grad_cS), (2, grad_hS)):
         if grad is not None:
             D[k].copy_(grad.transpose(0, 1))
     if grad_h is not None:
-        D[0].add_(grad_h[:, S - 1].transpose(0, 1))
-    D_hc, D_cn, D_h, D_c, D_n, D_h_flat = D[0:2], D[1:3], D[0:1], D[1:2], D[2:3], D[0]
+        D[2].add_(grad_h[:, S - 1].transpose(0, 1))
+    D_cn, D_ch, D_n, D_c, D_h, D_h_flat = D[0:2], D[1:3], D[0:1], D[1:2], D[2:3], D[2]
     R4T = R4.transpose(1, 2).contiguous()
     h_steps = h.permute(1, 2, 0, 3)  # (S, NH, B, DH)
     mul, bmm, sum_ = torch.mul, torch.bmm, torch.sum
@@ -256,54 +272,54 @@ def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, 
     for t0 in reversed(range(0, S, CHUNK)):
         t1 = min(t0 + CHUNK, S)
         Lc = t1 - t0
-        g = gates[t0:t1]
+        g, w = gates[t0:t1], work[:Lc]
         sig_neg_f = _coefficients(work, g, cn[t0 : t1 + 1], h_steps[t0:t1])
-        w = work[:Lc]
         # dh_out_{t-1} sits after the four slots that receive draw_t R4ᵀ: their sum is dh_{t-1}.
-        if grad_h is not None and t0 > 0:
-            w[:, W_DH_OUT].copy_(grad_h[:, t0 - 1 : t1 - 1].permute(1, 2, 0, 3))
-        elif grad_h is not None:
-            w[0, W_DH_OUT].zero_()
-            w[1:, W_DH_OUT].copy_(grad_h[:, 0 : t1 - 1].permute(1, 2, 0, 3))
-        else:
+        if grad_h is None:
             w[:, W_DH_OUT].zero_()
+        elif t0 > 0:
+            w[:, W_DH_OUT].copy_(grad_h[:, t0 - 1 : t1 - 1].permute(1, 2, 0, 3))
+        else:
+            w[0, W_DH_OUT].zero_()
+            w[1:, W_DH_OUT].copy_(grad_h[:, : t1 - 1].permute(1, 2, 0, 3))
         if chain:
             reach = _chain_chunk(work, g, sig_neg_f, g_m, reach)
-        w_cn, w_hc, w_kc, w_kn = (_steps(w[:, k : k + 2]) for k in (W_CN, W_HC, W_KC, W_KN))
+        w_cn, w_ch, w_kn, w_kc = (_steps(w[:, k : k + 2]) for k in (W_CN, W_CH, W_KN, W_KC))
         f_s = _steps(g[:, F_ACT : F_ACT + 1])
         back_mat, back = _steps(w[:, W_BACK : W_BACK + 4].reshape(Lc, 4 * NH, B, DH)), _steps(w[:, W_BACK : W_DH_OUT + 1])
-        d_if, d_oz, d_mat = _steps(draw[:Lc, 0:2]), _steps(draw[:Lc, 2:4]), _steps(draw[:Lc].view(Lc, 4 * NH, B, DH))
+        d_if, d_zo, d_mat = _steps(draw[:Lc, 0:2]), _steps(draw[:Lc, 2:4]), _steps(draw[:Lc].view(Lc, 4 * NH, B, DH))
         chain_s = _steps(w[:, W_CHAIN : W_CHAIN + 2]) if chain else None
         for j in range(Lc - 1, -1, -1):
-            D_cn.addcmul_(D_h, w_cn[j])  # [dc̄, dn̄]_t complete
-            mul(D_hc, w_hc[j], out=d_oz[j])
-            mul(w_kc[j], D_c, out=d_if[j])
-            d_if[j].addcmul_(w_kn[j], D_n)
+            D_cn.addcmul_(D_h, w_cn[j])  # [dn̄, dc̄]_t complete
+            mul(D_ch, w_ch[j], out=d_zo[j])
+            mul(w_kn[j], D_n, out=d_if[j])
+            d_if[j].addcmul_(w_kc[j], D_c)
             if chain:
                 d_if[j].add_(chain_s[j])
-            D_cn.mul_(f_s[j])  # the part of [dc̄, dn̄]_{t-1} that flows through step t
+            D_cn.mul_(f_s[j])  # the part of [dn̄, dc̄]_{t-1} that flows through step t
             bmm(d_mat[j], R4T, out=back_mat[j])
             sum_(back[j], 0, out=D_h_flat)  # dh_{t-1}
 
-        dr = draw[:Lc]
-        for k, gate in enumerate(RAW_GATES):
-            d_wx[:, t0:t1, :, gate].copy_(dr[:, k].permute(2, 0, 1, 3))  # (B, L, NH, DH)
-            d_b[:, gate].add_(dr[:, k].sum((0, 2)))
-        hp = h_prev[:Lc]
-        hp[1:].copy_(h_steps[t0 : t1 - 1])
+        rows = draw_rows[:, :Lc]
+        rows.copy_(draw[:Lc].permute(2, 0, 3, 1, 4))  # (NH, L, B, 4, DH)
+        d_wx[:, t0:t1].copy_(rows.permute(2, 1, 0, 3, 4))
+        d_b.add_(rows.sum((1, 2)))
+        hp = h_prev[:, :Lc]
+        hp[:, 1:].copy_(h_steps[t0 : t1 - 1].transpose(0, 1))
         if t0 > 0:
-            hp[0].copy_(h_steps[t0 - 1])
+            hp[:, 0].copy_(h_steps[t0 - 1])
         elif h0 is not None:
-            hp[0].copy_(h0.transpose(0, 1))
+            hp[:, 0].copy_(h0.transpose(0, 1))
         else:
-            hp[0].zero_()
-        d_r4.add_(torch.einsum("snbd,sknbe->knde", hp, dr))  # Σ_t h_{t-1}ᵀ draw_t per (gate, head)
+            hp[:, 0].zero_()
+        d_r4 = bmm(hp.reshape(NH, Lc * B, DH).transpose(1, 2), rows.reshape(NH, Lc * B, 4 * DH))  # Σ_t h_{t-1}ᵀ draw_t
+        d_r.add_(d_r4.view(NH, DH, 4, DH).transpose(1, 2))
 
-    d_r.copy_(d_r4[[RAW_GATES.index(g) for g in range(4)]].transpose(0, 1))
     d_m0 = (D_cn * cn[0]).sum(0)  # c_0 = c̄_0·e^{m0}, n_0 likewise
     if chain:
         d_m0.addcmul_(reach, g_m)
-    return D[0], D[1], D[2], d_m0
+    _WORKSPACE.give_back(*scratch)
+    return D[2], D[1], D[0], d_m0
 
 
 def slstm_recurrent(wx, r, b, state: SLSTMState | None = None):
@@ -312,5 +328,9 @@ def slstm_recurrent(wx, r, b, state: SLSTMState | None = None):
 
     Returns h (B, S, NH, DH) and the final SLSTMState.
     """
-    h, *final = _SLSTMRecurrentFunction.apply(wx, r, b, *(state if state is not None else (None,) * 4))
+    state = tuple(state) if state is not None else (None,) * 4
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (wx, r, b, *state)):
+        h, *final = _SLSTMRecurrentFunction.apply(wx, r, b, *state)
+    else:  # nothing to differentiate: keep no per-step buffers
+        h, final, _, _ = _run_forward(wx, r, b, *state, store=False)
     return h, SLSTMState(*final)
