@@ -190,6 +190,24 @@ def test_no_grad_path_matches_reference(S, with_state):
         assert_close(a, e, 1e-10, name)
 
 
+@pytest.mark.parametrize("leaf", ["wx", "r", "b", "state"])
+def test_gradient_of_one_input_only(leaf):
+    inputs = [x.detach() for x in make_inputs(S=20)]
+    state = SLSTMState(*(x.detach() for x in make_state()))
+    if leaf == "state":
+        state = SLSTMState(*(x.requires_grad_(True) for x in state))
+        leaves = list(state)
+    else:
+        leaves = [inputs["wx r b".split().index(leaf)].requires_grad_(True)]
+
+    def grads(backend):
+        h, final = slstm(*inputs, state=state, return_state=True, backend=backend)
+        return torch.autograd.grad((h**2).sum() + final.m.sum() + final.c.sum(), leaves)
+
+    for k, (a, e) in enumerate(zip(grads("recurrent"), grads("reference"))):
+        assert_close(a, e, 1e-10, f"d{leaf}[{k}]")
+
+
 def test_partial_requires_grad_and_retain_graph():
     wx, r, b = make_inputs(S=20)
     r, b = r.detach(), b.detach()

@@ -9,13 +9,14 @@ per-op overhead and to first touches of fresh memory, not to arithmetic. Hence:
   cheaper than on strided ones). Per-step views are made by one ``unbind`` per buffer and chunk.
 - The recurrent product is one batched matmul over (gate, head). h is written once per gate by the
   op that computes it, so the matmul needs no copy.
-- Activations are computed in place over the pre-activations, so the forward keeps only five
-  slots per step for backward ([f', i', f̃, o, z]) plus the scaled state [c̄, n̄]. Without gradients
-  nothing is stored: a chunk-sized ring replaces the per-step buffers.
+- Activations are computed in place over the pre-activations, so the forward keeps five slots per
+  step for backward ([f', i', f̃, z, o]) plus the scaled state [n̄, c̄]. Without gradients nothing
+  is stored: chunk-sized buffers are reused instead.
 - Backward runs in chunks of CHUNK steps, last chunk first: the coefficients of the reverse loop
-  are computed for a whole chunk at once into a small reused workspace, the loop runs over the
-  chunk, then dwx, db and dR (one batched matmul per chunk) are formed from the chunk's gate
-  gradients.
+  are computed for a whole chunk at once, the loop runs over the chunk, then dwx, db and dR (one
+  batched matmul per chunk, Σ_t h_{t-1}ᵀ draw_t) are formed from the chunk's gate gradients.
+- Big buffers come from a pool kept between calls (_workspace.py): first touches of fresh pages
+  cost about a fifth of the time otherwise.
 - The loops run in inference mode, which skips autograd bookkeeping on every view and op, and on
   one thread: ops this small gain nothing from a second thread, and on a busy machine each
   thread barrier can cost a hundred microseconds (measured: 5x slower with 2 threads under load).
@@ -226,20 +227,23 @@ class _SLSTMRecurrentFunction(torch.autograd.Function):
         gates, cn, R4, h, h0 = ctx.saved_tensors
         S, _, NH, B, DH = gates.shape
         new = gates.new_empty
-        d_wx, d_r, d_b = new(B, S, NH, 4, DH), new(NH, 4, DH, DH), new(NH, 4, DH)
-        d_state = [new(B, NH, DH) for _ in range(4)] if ctx.has_state else [None] * 4
+        need = ctx.needs_input_grad
+        d_wx = new(B, S, NH, 4, DH) if need[0] else None
+        d_r = new(NH, 4, DH, DH) if need[1] else None
+        d_b = new(NH, 4, DH) if need[2] else None
+        d_state = [new(B, NH, DH) if ctx.has_state and need[3 + k] else None for k in range(4)]
         with torch.inference_mode(), _one_thread():
             d_state_t = _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, d_wx, d_r, d_b)
-            if ctx.has_state:
-                for x, y in zip(d_state, d_state_t):
+            for x, y in zip(d_state, d_state_t):
+                if x is not None:
                     x.copy_(y.transpose(0, 1))
         return d_wx, d_r, d_b, *d_state
 
 
 def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, d_wx, d_r, d_b):
-    """Fill d_wx, d_r, d_b; return the initial-state gradients (dh0, dc̄0, dn̄0, dm0), each (NH, B, DH)."""
+    """Fill d_wx, d_r, d_b (each may be None: not needed); return the initial-state gradients
+    (dh0, dc̄0, dn̄0, dm0), each (NH, B, DH)."""
     S, _, NH, B, DH = gates.shape
-    new = gates.new_empty
     # g = dm_S - <dc̄_S, c̄_S> - <dn̄_S, n̄_S> (module docstring); skip the chain when it is zero.
     g_m = grad_mS.transpose(0, 1).clone() if grad_mS is not None else torch.zeros_like(cn[S, 0])
     for grad, value in ((grad_nS, cn[S, 0]), (grad_cS, cn[S, 1])):
@@ -256,8 +260,9 @@ def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, 
             (NH, L, B, 4, DH),  # the same, laid out for dR and dwx
             (NH, L, B, DH),  # h_{t-1} of a chunk, laid out for dR
         )]
-    d_r.zero_()
-    d_b.zero_()
+    for x in (d_r, d_b):
+        if x is not None:
+            x.zero_()
     D = torch.zeros(3, NH, B, DH, dtype=gates.dtype, device=gates.device)  # [dn̄, dc̄, dh] of the current step
     for k, grad in ((0, grad_nS), (1, grad_cS), (2, grad_hS)):
         if grad is not None:
@@ -300,10 +305,16 @@ def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, 
             bmm(d_mat[j], R4T, out=back_mat[j])
             sum_(back[j], 0, out=D_h_flat)  # dh_{t-1}
 
+        if d_wx is None and d_r is None and d_b is None:
+            continue
         rows = draw_rows[:, :Lc]
         rows.copy_(draw[:Lc].permute(2, 0, 3, 1, 4))  # (NH, L, B, 4, DH)
-        d_wx[:, t0:t1].copy_(rows.permute(2, 1, 0, 3, 4))
-        d_b.add_(rows.sum((1, 2)))
+        if d_wx is not None:
+            d_wx[:, t0:t1].copy_(rows.permute(2, 1, 0, 3, 4))
+        if d_b is not None:
+            d_b.add_(rows.sum((1, 2)))
+        if d_r is None:
+            continue
         hp = h_prev[:, :Lc]
         hp[:, 1:].copy_(h_steps[t0 : t1 - 1].transpose(0, 1))
         if t0 > 0:
