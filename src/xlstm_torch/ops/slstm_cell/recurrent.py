@@ -113,6 +113,7 @@ def _forward(wx, r, b, h0, c0, n0, m0, h_out, store: bool):
             m[0, 0].copy_(m0.transpose(0, 1))
         h_mat, h_s, m_s = _steps(hs.view(L + 1, 4 * NH, B, DH)), _steps(hs), _steps(m)
         ratio4 = ratio.expand(4, NH, B, DH)
+        # torch._C._nn.log_sigmoid is F.logsigmoid with an out= argument.
         log_sigmoid, maximum, exp, tanh, sigmoid, mul, div = (
             torch._C._nn.log_sigmoid, torch.maximum, torch.exp, torch.tanh, torch.sigmoid, torch.mul, torch.div)
         for t0 in range(0, S, CHUNK):
