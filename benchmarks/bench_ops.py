@@ -104,8 +104,8 @@ def flops_per_token(op: str, shape: Shape, mode: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Implementations. Each builder returns (function of the leaf inputs -> output, leaf inputs); the
-# leaves are built from the same seed for every implementation of an op.
+# Implementations. Each builder returns (function of the leaf inputs -> output, leaf inputs, output
+# shape); the leaves are built from the same seed for every implementation of an op.
 
 def _mlstm_leaves(shape: Shape) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
@@ -128,13 +128,15 @@ def _slstm_leaves(shape: Shape) -> list[torch.Tensor]:
 def _ours_mlstm(backend: str):
     def build(shape: Shape):
         kwargs = {"chunk_size": shape.L} if backend == "chunkwise" else {}
-        return (lambda q, k, v, i, f: mlstm(q, k, v, i, f, backend=backend, **kwargs)), _mlstm_leaves(shape)
+        call = lambda q, k, v, i, f: mlstm(q, k, v, i, f, backend=backend, **kwargs)  # noqa: E731
+        return call, _mlstm_leaves(shape), (shape.B, shape.NH, shape.S, shape.D)
     return build
 
 
 def _ours_slstm(backend: str | None):
     def build(shape: Shape):
-        return (lambda wx, r, b: slstm(wx, r, b, backend=backend)), _slstm_leaves(shape)
+        call = lambda wx, r, b: slstm(wx, r, b, backend=backend)  # noqa: E731
+        return call, _slstm_leaves(shape), (shape.B, shape.S, shape.NH, shape.D)
     return build
 
 
@@ -144,7 +146,8 @@ def _peer_mlstm(kernel_name: str):
 
         kernel = get_mlstm_kernel(kernel_name)
         kwargs = {"chunk_size": shape.L} if kernel_name.startswith("chunkwise") else {}
-        return (lambda q, k, v, i, f: kernel(q, k, v, i, f, **kwargs)), _mlstm_leaves(shape)
+        call = lambda q, k, v, i, f: kernel(q, k, v, i, f, **kwargs)  # noqa: E731
+        return call, _mlstm_leaves(shape), (shape.B, shape.NH, shape.S, shape.D)
     return build
 
 
@@ -164,7 +167,8 @@ def _peer_slstm_vanilla(shape: Shape):
         cell._recurrent_kernel_.copy_(cell._recurrent_kernel_ext2int(r.permute(0, 2, 1, 3)))  # (NH, DH, 4, DH)
         cell._bias_.copy_(cell._bias_ext2int(b))
     x = wx.permute(0, 1, 3, 2, 4).reshape(B, S, 4 * NH * DH).contiguous()  # (B, S, 4·NH·DH)
-    return (lambda x, *weights: cell(x)[0]), [x, cell._recurrent_kernel_, cell._bias_]  # weights: used via cell
+    call = lambda x, *weights: cell(x)[0]  # noqa: E731  (the weights reach it as the cell's parameters)
+    return call, [x, cell._recurrent_kernel_, cell._bias_], (B, NH, S, DH)
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,7 @@ def peer_available(owner: str) -> str | None:
 
 def make_call(key: str, shape: Shape, mode: str) -> Callable[[], None]:
     """A zero-argument call running implementation ``key`` once at ``shape`` in ``mode``."""
-    fn, leaves = IMPLS[key].build(shape)
+    fn, leaves, out_shape = IMPLS[key].build(shape)
     if mode == "fwd":
         def call():
             with torch.no_grad():
@@ -214,15 +218,12 @@ def make_call(key: str, shape: Shape, mode: str) -> Callable[[], None]:
         return call
     for x in leaves:
         x.requires_grad_(True)
-    cotangent: list[torch.Tensor] = []  # made at the first call, from the output's shape
+    cotangent = torch.randn(out_shape, generator=torch.Generator().manual_seed(1))
 
     def call():
         for x in leaves:
             x.grad = None
-        out = fn(*leaves)
-        if not cotangent:
-            cotangent.append(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
-        out.backward(cotangent[0])
+        fn(*leaves).backward(cotangent)
     return call
 
 
@@ -232,7 +233,7 @@ def make_call(key: str, shape: Shape, mode: str) -> Callable[[], None]:
 def check_peer(key: str, shape: Shape) -> tuple[bool, str]:
     """Compare a peer's forward output with our reference op at ``shape``; (ok, one-line message)."""
     impl = IMPLS[key]
-    fn, leaves = impl.build(shape)
+    fn, leaves, _ = impl.build(shape)
     with torch.no_grad():
         out = fn(*leaves)
         if impl.op == "mLSTM":
