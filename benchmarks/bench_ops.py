@@ -270,8 +270,9 @@ class MatmulReference:
     def sample(self) -> None:
         self.samples.append(_seconds(lambda: torch.mm(self.a, self.b, out=self.out)))
 
-    def gflops(self) -> float:
-        return 2 * self.n ** 3 / statistics.median(self.samples) / 1e9
+    def gflops(self, seconds: float | None = None) -> float:
+        """The median rate, or the rate of one sample of ``seconds``."""
+        return 2 * self.n ** 3 / (seconds or statistics.median(self.samples)) / 1e9
 
 
 def time_group(keys: list[str], shape: Shape, mode: str, repeats: int, mm: MatmulReference) -> dict[str, float]:
@@ -407,6 +408,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--matmul-size", type=int, help="n of the n x n reference product (default 2048)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                    help="measure peak memory in fresh processes (default: on, off with --quick)")
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op threads (default: torch's choice). On a machine shared with other "
+                        "jobs, 1 thread is steadier: a multi-threaded op waits for every thread's core")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="time mlstm_kernels / xlstm when installed")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
@@ -424,6 +428,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
     for name in ("repeats", "chunk_size", "mlstm_heads", "slstm_reference_seq_len", "recurrent_max_seq_len",
                  "matmul_size"):
         if getattr(args, name) < 1:
@@ -440,6 +446,9 @@ def _progress(message: str) -> None:
 def run(args: argparse.Namespace) -> str:
     """Run every case and return the report: a header, the table and its notes (Markdown)."""
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     L = args.chunk_size
     notes: list[str] = []
     missing = {owner: peer_available(owner) if args.peers else "peers switched off (--no-peers)"
@@ -526,7 +535,9 @@ def run(args: argparse.Namespace) -> str:
         "",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {_cpu_name()}, Python {platform.python_version()}. "
         f"Reference fp32 matmul {args.matmul_size}×{args.matmul_size}·{args.matmul_size}×{args.matmul_size}: "
-        f"{mm_gflops:.1f} GFLOP/s (median of {len(mm.samples)}, interleaved with the cases). "
+        f"{mm_gflops:.1f} GFLOP/s (median of {len(mm.samples)}, interleaved with the cases; the samples span "
+        f"{mm.gflops(max(mm.samples)):.0f}–{mm.gflops(min(mm.samples)):.0f}, a gauge of the machine's noise; "
+        f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). "
         f"Median of {args.repeats} calls after one warm-up; chunk size L={L}. "
         "tok/s = B·S / seconds per call; ours/peer = our tok/s ÷ the peer's (> 1: ours faster).",
         "",

@@ -113,8 +113,8 @@ def test_memory_probe_sees_the_gradients():
 
 
 @pytest.mark.parametrize("argv", [["--seq-lens", "0"], ["--head-dims", "a"], ["--repeats", "0"],
-                                  ["--slstm-shape", "1,2,3"]], ids=["zero-S", "non-int-D", "zero-repeats",
-                                                                    "short-slstm-shape"])
+                                  ["--slstm-shape", "1,2,3"], ["--threads", "0"]],
+                         ids=["zero-S", "non-int-D", "zero-repeats", "short-slstm-shape", "zero-threads"])
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
