@@ -1,7 +1,7 @@
 """Model configs: frozen dataclasses, validated once on construction, derived sizes as properties.
 
 ``XLSTMConfig`` describes the paper's language models xLSTM[a:b] (Beck et al. 2024, Sec. 2.4 and
-App. D); ``XLSTMLargeConfig`` the xLSTM 7B architecture (Beck et al. 2025, Sec. 3). Both turn into
+training details); ``XLSTMLargeConfig`` the xLSTM 7B architecture (Beck et al. 2025). Both turn into
 plain dicts and JSON and back; ``config_from_dict`` picks the class from the ``model_type`` key.
 """
 

@@ -1,4 +1,5 @@
-"""The xLSTM 7B language model ("xLSTM Large"; Beck et al. 2025, Sec. 3, Fig. 1).
+"""The xLSTM 7B language model ("xLSTM Large"; Beck et al. 2025, architecture
+section).
 
     input_ids (B, S)
     └─ embedding                                   (B, S, D)

@@ -5,7 +5,7 @@
     with torch.device("meta"):                                   # shapes only, no memory
         model = xlstm_torch.from_preset("xlstm-7b")
 
-Paper sizes (xLSTM paper Sec. 4.3 and App. D, the models trained on 300B tokens; GPT-2 vocab
+Paper sizes (xLSTM paper, the language models trained on 300B tokens; GPT-2 vocab
 padded to 50304, context 2048), width D x blocks L: 125M = 768 x 24, 350M = 1024 x 48,
 760M = 1536 x 48, 1.3B = 2048 x 48. With mLSTM blocks of about 6 D² parameters these give the
 nominal counts within 2 % (24 blocks at D 1024 or 1536 would give only ~200M and ~410M). Each size

@@ -1,4 +1,5 @@
-"""The xLSTM language model of the paper (Beck et al. 2024, Sec. 2.4, Fig. 1 right, App. D).
+"""The xLSTM language model of the paper (Beck et al. 2024, Sec. 2.4 and the
+stacked-blocks architecture of its Fig. 1).
 
 Read top to bottom in the order the paper draws it:
 
@@ -60,7 +61,7 @@ class XLSTMLanguageModel(LanguageModel):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The paper's init (App. D): small init for the embedding (and an untied head), each block's
+        """The paper's init (training details): small init for the embedding (and an untied head), each block's
         own scheme (see MLSTMLayer/SLSTMLayer.reset_parameters), norms at one."""
         small_init_(self.embedding.weight, self.config.embedding_dim)
         for block in self.blocks:

@@ -1,4 +1,4 @@
-"""Layers and blocks of the xLSTM models (xLSTM paper Sec. 2.4; xLSTM 7B paper Sec. 3).
+"""Layers and blocks of the xLSTM models (xLSTM paper Sec. 2.4; the xLSTM 7B paper's architecture section).
 
 Every layer and block takes an optional ``LayerState`` and returns the next one, so a sequence fed
 in pieces gives the same output as one call (ARCHITECTURE.md "Inference state").

@@ -1,4 +1,4 @@
-"""Causal depthwise convolution over time (xLSTM paper Sec. 2.4 and Fig. 10/11: the "Conv4"
+"""Causal depthwise convolution over time (xLSTM paper Sec. 2.4 and its block figures: the "Conv4"
 with Swish activation in front of the q/k projections of the mLSTM block and the i/f gates of
 the sLSTM block).
 

@@ -1,8 +1,8 @@
 """Gated feed-forward network (GLU family).
 
-- xLSTM paper (Sec. 2.4, Fig. 10): the sLSTM block's post up-projection, a GeLU-gated MLP with
+- xLSTM paper (Sec. 2.4, the sLSTM block): the sLSTM block's post up-projection, a GeLU-gated MLP with
   projection factor 4/3.
-- xLSTM 7B paper (Sec. 3): a SwiGLU MLP (SiLU gate) with factor 2.667 after every mLSTM layer.
+- xLSTM 7B paper (architecture section): a SwiGLU MLP (SiLU gate) with factor 2.667 after every mLSTM layer.
 The hidden width is factor * D rounded up to a multiple of 64.
 """
 

@@ -1,8 +1,8 @@
 """Small stateless helpers shared by the xLSTM layers.
 
-``soft_cap`` is the tanh soft-capping of the xLSTM 7B paper (Beck et al. 2025, Sec. 3: gate
+``soft_cap`` is the tanh soft-capping of the xLSTM 7B paper (Beck et al. 2025: gate
 pre-activations capped at 15, output logits at 30). ``round_up`` sizes the
-up-projections of the xLSTM paper (Beck et al. 2024, App. D: widths rounded up to multiples of 64).
+up-projections of the xLSTM paper (Beck et al. 2024: widths rounded up to multiples of 64).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The paper's weight initialisations (xLSTM paper, App. D "Training details"; xLSTM 7B paper Sec. 3).
+"""The paper's weight initialisations (xLSTM paper, training details in the appendix;
+xLSTM 7B paper, architecture section).
 
 - small init: N(0, std = sqrt(2 / (5 D))) for embeddings and input-side projections
   (Nguyen & Salazar 2019), with D the width the projection reads from.

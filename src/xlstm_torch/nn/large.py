@@ -1,4 +1,5 @@
-"""The xLSTM 7B ("xLSTM Large") mLSTM layer and block (Beck et al. 2025, "xLSTM 7B", Sec. 3, Fig. 1).
+"""The xLSTM 7B ("xLSTM Large") mLSTM layer and block (Beck et al. 2025, "xLSTM 7B":
+the architecture section and its block figure).
 
 Changes from the paper block, all for throughput and training stability at scale: no conv, no
 pre up-projection (the cell runs at width D, qk at D/2), plain dense q/k/v projections, gates from

@@ -1,4 +1,4 @@
-"""Head-wise (block-diagonal) linear map (xLSTM paper Sec. 2.4 and Fig. 10/11).
+"""Head-wise (block-diagonal) linear map (xLSTM paper Sec. 2.4 and its block figures).
 
 The mLSTM block computes q, k and v with block-diagonal projections of small blocks (4 x 4 in
 the paper) and the sLSTM block computes its gate inputs with one block per head, so features of

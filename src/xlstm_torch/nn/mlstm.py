@@ -1,4 +1,5 @@
-"""The mLSTM layer and block of the paper models (xLSTM paper Sec. 2.3, Sec. 2.4 and Fig. 11).
+"""The mLSTM layer and block of the paper models (xLSTM paper Sec. 2.3, and Sec. 2.4 with
+its mLSTM block figure).
 
 The mLSTM block is a "pre up-projection" residual block (like a state-space-model block): the
 cell runs in an up-projected space of width Di = 2 D (rounded up to a multiple of 64), and there

@@ -1,9 +1,9 @@
 """Normalisation layers of the xLSTM models.
 
 - ``LayerNorm``: the pre-norm of every residual block and the post-blocks norm of the paper
-  models, weight only (xLSTM paper Sec. 2.4 / App. D: no biases in the norms).
-- ``RMSNorm``: its replacement in xLSTM 7B (Beck et al. 2025, Sec. 3, "RMSNorm instead of LayerNorm").
-- ``MultiHeadNorm``: the per-head norm of the cell output h (paper Fig. 10/11 "GN", group norm with
+  models, weight only (xLSTM paper Sec. 2.4 and its training details: no biases in the norms).
+- ``RMSNorm``: its replacement in xLSTM 7B (Beck et al. 2025, architecture section: "RMSNorm instead of LayerNorm").
+- ``MultiHeadNorm``: the per-head norm of the cell output h (the "GN" of the paper's block figures, group norm with
   one group per head), i.e. a layer norm over each head's features with one weight per channel.
 
 float16/bfloat16 inputs are reduced in float32 and cast back.

@@ -1,4 +1,5 @@
-"""The sLSTM layer and block of the paper models (xLSTM paper Sec. 2.2, Sec. 2.4 and Fig. 10).
+"""The sLSTM layer and block of the paper models (xLSTM paper Sec. 2.2, and Sec. 2.4 with
+its sLSTM block figure).
 
 The sLSTM block is a "post up-projection" residual block (like a Transformer block): the cell
 runs at the model width D, followed by a gated feed-forward network:
