@@ -33,14 +33,6 @@ from .state import MLSTMState, normaliser_floor
 SAFE_EXPONENT = 40.0  # exp(40) ~ 2e17: row factors stay far from overflow; lost terms are < e^-47
 
 
-def _pad_time(x: torch.Tensor, total: int, value: float) -> torch.Tensor:
-    """Pad dim 1 of (BH, S, ...) up to ``total`` with ``value``."""
-    pad = total - x.shape[1]
-    if pad == 0:
-        return x
-    return torch.cat([x, x.new_full((x.shape[0], pad, *x.shape[2:]), value)], dim=1)
-
-
 def _gate_stats(i64, f64, m0, L: int):
     """Stabilisers and log-weights of the chunkwise form, all float64.
 
@@ -65,132 +57,210 @@ def _gate_stats(i64, f64, m0, L: int):
     return dict(b=b, g=g, u=u, c=c, M=M, m_prev=m_prev, m_chunk=m_chunk, m_step=b + M)
 
 
-def _stabiliser_graph(i64, f64, m0, L: int):
-    """The per-step and final stabilisers as a differentiable function of (i, f, m0)."""
-    st = _gate_stats(i64, f64, m0, L)
-    return st["m_step"], st["m_chunk"][:, -1]
-
-
-def _intra_log_weights(q, k, v, u, M):
+def _intra_log_weights(q, k, v, u, M, DK: int):
     """Unfactorised causal block for chunks whose gates swing too far to factorise.
 
-    q, k: (N, L, DK) (k already divided by sqrt(DK)); v: (N, L, DV); u, M: (N, L) float64.
-    Returns num (N, L, DV) and den (N, L), both already scaled by exp(-M_j).
+    q, k: (N, L, DK); v: (N, L, DV+1) with the ones column; u, M: (N, L) float64.
+    Returns the intra-chunk numerator and denominator (N, L, DV+1), scaled by exp(-M_j).
     """
     L = q.shape[1]
-    log_w = u[:, None, :] - M[:, :, None]  # (N, L, L)
+    log_w = u[:, None, :] - M[:, :, None] - 0.5 * math.log(DK)  # (N, L, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     w = torch.exp(log_w.masked_fill(~causal, float("-inf"))).to(q.dtype)
-    scores = (q @ k.transpose(-1, -2)) * w  # (N, L, L)
-    return scores @ v, scores.sum(-1)
+    return ((q @ k.transpose(-1, -2)) * w) @ v
+
+
+def _chunks(x: torch.Tensor, nc: int, L: int, *, ones_column: bool = False) -> torch.Tensor:
+    """(BH, S, D) -> (BH, nc, L, D) zero-padded in time; with ``ones_column`` -> (BH, nc, L, D + 1).
+
+    The column of ones turns the normaliser into one more value column: every product that makes
+    the numerator then makes the denominator in the same matrix multiply (n̄ rides along with C̄).
+    """
+    BH, S, D = x.shape
+    if not ones_column and S == nc * L:
+        return x.reshape(BH, nc, L, D)
+    out = x.new_empty(BH, nc * L, D + ones_column)
+    out[:, :S, :D] = x
+    out[:, S:, :D] = 0.0
+    if ones_column:
+        out[:, :, D] = 1.0
+    return out.view(BH, nc, L, D + ones_column)
 
 
 class ChunkwiseMLSTM(torch.autograd.Function):
+    """The chunkwise form with a hand-written backward; states carry n̄ as column DV of C̄."""
+
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size: int, eps: float):
         B, NH, S, DK = q.shape
         DV = v.shape[-1]
         BH, L = B * NH, chunk_size
         nc = -(-S // L)
-        S_pad = nc * L
-        dtype = q.dtype
-        i64 = _pad_time(i.reshape(BH, S).double(), S_pad, float("-inf"))
-        f64 = _pad_time(f.reshape(BH, S).double(), S_pad, float("inf"))
-        m0_64 = m0.reshape(BH).double()
-        st = _gate_stats(i64, f64, m0_64, L)
-        qc = _pad_time(q.reshape(BH, S, DK), S_pad, 0.0).view(BH, nc, L, DK)
-        kc = _pad_time(k.reshape(BH, S, DK) / math.sqrt(DK), S_pad, 0.0).view(BH, nc, L, DK)
-        vc = _pad_time(v.reshape(BH, S, DV), S_pad, 0.0).view(BH, nc, L, DV)
+        st = _gate_stats(*_padded_gates(i, f, BH, nc * L), m0.reshape(BH).double(), L)
+        qc = _chunks(q.reshape(BH, S, DK), nc, L)
+        kc = _chunks(k.reshape(BH, S, DK), nc, L)
+        vc = _chunks(v.reshape(BH, S, DV), nc, L, ones_column=True)
+        C0 = torch.cat([C0.reshape(BH, DK, DV), n0.reshape(BH, DK, 1)], dim=-1)  # (BH, DK, DV + 1)
 
-        fwd = _forward_core(qc, kc, vc, st, C0.reshape(BH, DK, DV), n0.reshape(BH, DK), eps)
-        h = fwd["h"].reshape(BH, S_pad, DV)[:, :S].reshape(B, NH, S, DV)
-        C_last = fwd["C_all"][:, -1].reshape(B, NH, DK, DV)
-        n_last = fwd["n_all"][:, -1].reshape(B, NH, DK)
-        m_last = st["m_chunk"][:, -1].to(dtype).reshape(B, NH)
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, fwd["h"], fwd["den"], fwd["Q"])
+        fac = _chunk_factors(st, q.dtype, DK)
+        kw = kc * fac["w"][..., None]  # (BH, nc, L, DK)  k_l exp(u_l - c) / sqrt(DK)
+        C_in, C_last = _scan_states(kw, vc, fac, C0)
+        q_row = qc * fac["row"][..., None]
+        scores = _flat(q_row @ kw.transpose(-1, -2)).tril_()  # (BH nc, L, L)
+        if fac["unsafe"] is not None:
+            scores[fac["unsafe"]] = 0.0
+        num = torch.baddbmm(_flat(qc * fac["carry"][..., None]) @ _flat(C_in), scores, _flat(vc))  # (BH nc, L, DV+1)
+        if fac["unsafe"] is not None:
+            num[fac["unsafe"]] += _intra_unsafe(qc, kc, vc, st, fac["unsafe"])
+        den = num[..., DV]  # (BH nc, L)
+        Q = torch.maximum(den.abs(), normaliser_floor(st["m_step"], q.dtype).view_as(den)) + eps
+        h_pad = num[..., :DV] / Q[..., None]  # (BH nc, L, DV)
+        h = h_pad.view(BH, nc * L, DV)[:, :S].reshape(B, NH, S, DV)
+        ctx.save_for_backward(q, k, v, i, f, C0, m0, h_pad, den.contiguous(), Q)
         ctx.chunk_size, ctx.eps = chunk_size, eps
-        return h, C_last, n_last, m_last
+        C_last, n_last = C_last.split([DV, 1], dim=-1)
+        return h, C_last.reshape(B, NH, DK, DV), n_last.reshape(B, NH, DK), st["m_chunk"][:, -1].to(q.dtype).reshape(B, NH)
 
     @staticmethod
     def backward(ctx, dh, dC_last, dn_last, dm_last):
-        q, k, v, i, f, C0, n0, m0, h_pad, den, Q = ctx.saved_tensors
+        q, k, v, i, f, C0, m0, h_pad, den, Q = ctx.saved_tensors
         L, eps = ctx.chunk_size, ctx.eps
         B, NH, S, DK = q.shape
         DV = v.shape[-1]
-        BH = B * NH
+        BH, dtype = B * NH, q.dtype
         nc = -(-S // L)
-        S_pad = nc * L
-        dtype = q.dtype
-        i64 = _pad_time(i.reshape(BH, S).double(), S_pad, float("-inf"))
-        f64 = _pad_time(f.reshape(BH, S).double(), S_pad, float("inf"))
+        i64, f64 = _padded_gates(i, f, BH, nc * L)
         m0_64 = m0.reshape(BH).double()
         st = _gate_stats(i64, f64, m0_64, L)
-        qc = _pad_time(q.reshape(BH, S, DK), S_pad, 0.0).view(BH, nc, L, DK)
-        kc = _pad_time(k.reshape(BH, S, DK) / math.sqrt(DK), S_pad, 0.0).view(BH, nc, L, DK)
-        vc = _pad_time(v.reshape(BH, S, DV), S_pad, 0.0).view(BH, nc, L, DV)
-        C0, n0 = C0.reshape(BH, DK, DV), n0.reshape(BH, DK)
-        if dh is None:
-            dh = torch.zeros_like(h_pad)
-        dh = _pad_time(dh.reshape(BH, S, DV), S_pad, 0.0).view(BH, nc, L, DV)
-        dC_last = torch.zeros(BH, DK, DV, dtype=dtype, device=q.device) if dC_last is None else dC_last.reshape(BH, DK, DV)
-        dn_last = torch.zeros(BH, DK, dtype=dtype, device=q.device) if dn_last is None else dn_last.reshape(BH, DK)
+        qc = _chunks(q.reshape(BH, S, DK), nc, L)
+        kc = _chunks(k.reshape(BH, S, DK), nc, L)
+        vc = _chunks(v.reshape(BH, S, DV), nc, L, ones_column=True)
+        fac = _chunk_factors(st, dtype, DK)
+        kw = kc * fac["w"][..., None]
+        C_in, C_last = _scan_states(kw, vc, fac, C0)
 
-        grads = _backward_core(qc, kc, vc, st, C0, n0, h_pad.view(BH, nc, L, DV), den, Q, dh, dC_last, dn_last)
+        # h_j = num_j / Q_j with Q_j = max(|den_j|, exp(-m_j)) + eps; num_j, den_j ∝ exp(ℓ_j).
+        dh = torch.zeros_like(h_pad) if dh is None else _chunks(dh.reshape(BH, S, DV), nc, L).view_as(h_pad)
+        dh_dot_h = (dh * h_pad).sum(-1)  # (BH nc, L)
+        floor = normaliser_floor(st["m_step"], dtype).view_as(den)
+        dden = -dh_dot_h / Q * torch.sign(den) * (den.abs() > floor).to(dtype)
+        dnum = dh.new_empty(BH * nc, L, DV + 1)  # (BH nc, L, DV+1): numerator and normaliser columns
+        torch.div(dh, Q[..., None], out=dnum[..., :DV])
+        dnum[..., DV] = dden
+        dl = dh_dot_h + dden * den  # dℓ_j
 
-        # Gate gradients in float64: dℓ_j (ℓ_j = b_j - m_j), du_l (u_l = ĩ_l - b_l), dg (g = b_L).
-        du, dl, dg = grads["du"].double(), grads["dl"].double(), grads["dg"].double()
-        db = dl - du
-        db[..., -1] += dg
-        dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1])  # (BH, nc, L) reverse cumsum
-        di = du.reshape(BH, S_pad)
-        df = dlog_f.reshape(BH, S_pad) * torch.sigmoid(-f64)
+        # Carried state: num += (q exp(m_{k-1} - M_j)) C̄_in.
+        dnum_carry = dnum * fac["carry"].view(-1, L, 1)
+        dq = dnum_carry @ _flat(C_in).transpose(-1, -2)  # (BH nc, L, DK)
+        into_state = _flat(qc).transpose(-1, -2) @ dnum_carry  # (BH nc, DK, DV+1)
+        dC_last = torch.cat([
+            torch.zeros(BH, DK, DV, dtype=dtype, device=q.device) if dC_last is None else dC_last.reshape(BH, DK, DV),
+            torch.zeros(BH, DK, 1, dtype=dtype, device=q.device) if dn_last is None else dn_last.reshape(BH, DK, 1),
+        ], dim=-1)
+        dC_end, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac)
+        # dg_k = <dC̄_end_k, C̄_end_k>: both parts of the state leaving chunk k are ∝ exp(g_k).
+        dg = torch.empty(BH, nc, dtype=dtype, device=q.device)
+        dg[:, :-1] = _dot(dC_end[:, :-1], C_in[:, 1:])
+        dg[:, -1] = _dot(dC_end[:, -1], C_last)
 
-        # Stabiliser path: h_j depends on m_j through eps; the returned m is an output itself and the
-        # returned C̄, n̄ carry exp(-m). dm0 also collects the initial state's own scale exp(m0).
-        C_last, n_last = grads["C_last"], grads["n_last"]
-        dC0, dn0 = grads["dC0"], grads["dn0"]
-        dm_step = (-eps * (dh * h_pad.view(BH, nc, L, DV)).sum(-1) / Q.view(BH, nc, L)).double()
-        dm_final = -(dC_last * C_last).sum((-1, -2)) - (dn_last * n_last).sum(-1)
+        # Intra-chunk part: num += tril((q exp(c - M_j)) kwᵀ) v.
+        dnum_row = dnum * fac["row"].view(-1, L, 1)
+        dscores = (dnum_row @ _flat(vc).transpose(-1, -2)).tril_()  # (BH nc, L, L)
+        scores = (_flat(qc) @ _flat(kw).transpose(-1, -2)).tril_()
+        if fac["unsafe"] is not None:
+            dscores[fac["unsafe"]] = 0.0
+            scores[fac["unsafe"]] = 0.0
+        dq = torch.baddbmm(dq, dscores, _flat(kw))
+        # The chunk's own inflow to the state it leaves: inflow_k kwᵀ v.
+        dC_inflow = _flat(dC_inflow)  # (BH nc, DK, DV+1) gradient on the chunk's unweighted update kwᵀ v
+        dkw = torch.baddbmm(dscores.transpose(-1, -2) @ _flat(qc), _flat(vc), dC_inflow.transpose(-1, -2))
+        dv = torch.baddbmm(scores.transpose(-1, -2) @ dnum_row, _flat(kw), dC_inflow)[..., :DV]
+        dk = dkw * fac["w"].view(-1, L, 1)
+        du = (dkw * _flat(kw)).sum(-1)  # (BH nc, L)  kw_l ∝ exp(u_l)
+        if fac["unsafe"] is not None:
+            sel = fac["unsafe"]
+            with torch.enable_grad():
+                leaves = [_flat(x)[sel].detach().requires_grad_(True) for x in (qc, kc, vc, st["u"])]
+                num_u = _intra_log_weights(*leaves, st["M"].reshape(-1, L)[sel], DK)
+                gq, gk, gv, gu = torch.autograd.grad(num_u, leaves, dnum[sel])
+            dq[sel] += gq
+            dk[sel] += gk
+            dv[sel] += gv[..., :DV]
+            du[sel] += gu.to(dtype)
+
+        # Gate gradients in float64: ℓ_j = b_j - m_j, u_l = ĩ_l - b_l, g = b_L, b = cumsum(logσ(f̃)).
+        db = (dl - du).double().view(BH, nc, L)
+        db[..., -1] += dg.double()
+        dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
+        di = du.double().reshape(BH, nc * L)
+        df = dlog_f * torch.sigmoid(-f64)
+
+        # Stabiliser path (module docstring): h_j depends on m_j through eps; the returned m is an
+        # output and the returned C̄, n̄ carry exp(-m); dm0 also collects the initial state's scale.
+        dm_step = (-eps * dh_dot_h / Q).double().view(BH, nc, L)
+        dm_final = -_dot(dC_last, C_last)
         if dm_last is not None:
             dm_final = dm_final + dm_last.reshape(BH)
-        dm0 = ((dC0 * C0).sum((-1, -2)) + (dn0 * n0).sum(-1)).double()
-        dm0 = torch.where(torch.isfinite(m0_64), dm0, torch.zeros_like(dm0))
+        dm0 = _dot(dC0, C0).double()
         if eps != 0.0 or bool((dm_final != 0).any()):
-            with torch.enable_grad():
-                i_leaf = i64[:, :S].detach().requires_grad_(True)
-                f_leaf = f64[:, :S].detach().requires_grad_(True)
-                m0_leaf = m0_64.detach().requires_grad_(True)
-                i_all = _pad_time(i_leaf, S_pad, float("-inf"))
-                f_all = _pad_time(f_leaf, S_pad, float("inf"))
-                m_step, m_fin = _stabiliser_graph(i_all, f_all, m0_leaf, L)
-                gi, gf, gm0 = torch.autograd.grad(
-                    (m_step, m_fin), (i_leaf, f_leaf, m0_leaf), (dm_step, dm_final.double()), allow_unused=True
-                )
+            gi, gf, gm0 = _stabiliser_grads(i64, f64, m0_64, S, L, dm_step, dm_final.double())
             di[:, :S] += gi
             df[:, :S] += gf
-            if gm0 is not None:
-                dm0 = dm0 + gm0
+            dm0 = dm0 + gm0
 
-        dq = grads["dq"].reshape(BH, S_pad, DK)[:, :S].reshape(B, NH, S, DK)
-        dk = (grads["dk"].reshape(BH, S_pad, DK)[:, :S] / math.sqrt(DK)).reshape(B, NH, S, DK)
-        dv = grads["dv"].reshape(BH, S_pad, DV)[:, :S].reshape(B, NH, S, DV)
-        di = di[:, :S].reshape(B, NH, S).to(dtype)
-        df = df[:, :S].reshape(B, NH, S).to(dtype)
-        return (dq, dk, dv, di, df, dC0.reshape(B, NH, DK, DV), dn0.reshape(B, NH, DK),
-                dm0.to(dtype).reshape(B, NH), None, None)
+        dC0, dn0 = dC0.split([DV, 1], dim=-1)
+        return (
+            dq.view(BH, nc * L, DK)[:, :S].reshape(B, NH, S, DK),
+            dk.view(BH, nc * L, DK)[:, :S].reshape(B, NH, S, DK),
+            dv.reshape(BH, nc * L, DV)[:, :S].reshape(B, NH, S, DV),
+            di[:, :S].reshape(B, NH, S).to(dtype),
+            df[:, :S].reshape(B, NH, S).to(dtype),
+            dC0.reshape(B, NH, DK, DV),
+            dn0.reshape(B, NH, DK),
+            dm0.to(dtype).reshape(B, NH),
+            None,
+            None,
+        )
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(BH, nc, ...) -> (BH nc, ...): batched matrix products run over all chunks at once."""
+    return x.reshape(-1, *x.shape[2:])
+
+
+def _padded_gates(i, f, BH: int, S_pad: int):
+    """Gates in float64, padded with a no-op step (ĩ = -inf: nothing written; f̃ = +inf: nothing forgotten)."""
+    S = i.shape[-1]
+    i64 = torch.full((BH, S_pad), float("-inf"), dtype=torch.float64, device=i.device)
+    f64 = torch.full((BH, S_pad), float("inf"), dtype=torch.float64, device=i.device)
+    i64[:, :S] = i.reshape(BH, S)
+    f64[:, :S] = f.reshape(BH, S)
+    return i64, f64
+
+
+def _stabiliser_grads(i64, f64, m0_64, S: int, L: int, dm_step, dm_final):
+    """Backpropagate gradients on the stabilisers (per-step m and final m) to (ĩ, f̃, m0)."""
+    with torch.enable_grad():
+        i_leaf = i64[:, :S].detach().requires_grad_(True)
+        f_leaf = f64[:, :S].detach().requires_grad_(True)
+        m0_leaf = m0_64.detach().requires_grad_(True)
+        i_all = torch.cat([i_leaf, i64[:, S:]], dim=1)
+        f_all = torch.cat([f_leaf, f64[:, S:]], dim=1)
+        st = _gate_stats(i_all, f_all, m0_leaf, L)
+        return torch.autograd.grad((st["m_step"], st["m_chunk"][:, -1]), (i_leaf, f_leaf, m0_leaf), (dm_step, dm_final))
 
 
 def _exp(x64, dtype):
     return torch.exp(x64).to(dtype)
 
 
-def _chunk_factors(st, dtype):
+def _chunk_factors(st, dtype, DK: int):
     """exp-factors of the chunkwise form in the compute dtype (all <= 1 except the row factor)."""
     c, M, g = st["c"], st["M"], st["g"]
     row_exponent = c[..., None] - M  # (BH, nc, L)
     unsafe = row_exponent.amax(-1) > SAFE_EXPONENT  # (BH, nc)
     return dict(
-        w=_exp(st["u"] - c[..., None], dtype),  # (BH, nc, L) column factor exp(u_l - c)
+        w=_exp(st["u"] - c[..., None] - 0.5 * math.log(DK), dtype),  # (BH, nc, L) exp(u_l - c) / sqrt(DK)
         row=_exp(row_exponent.clamp(max=SAFE_EXPONENT), dtype),  # exp(c - M_j)
         carry=_exp(st["m_prev"][..., None] - M, dtype),  # exp(m_{k-1} - M_j)
         decay=_exp(g + st["m_prev"] - st["m_chunk"], dtype),  # (BH, nc) state decay γ_k
@@ -199,124 +269,49 @@ def _chunk_factors(st, dtype):
     )
 
 
-def _scan_states(kw, vc, fac, C0, n0):
-    """Chunk-entry states: C_all[:, k] is C̄ entering chunk k, C_all[:, nc] the final state."""
+def _intra_unsafe(qc, kc, vc, st, sel):
+    L, DK = qc.shape[2], qc.shape[3]
+    return _intra_log_weights(_flat(qc)[sel], _flat(kc)[sel], _flat(vc)[sel], _flat(st["u"])[sel],
+                              _flat(st["M"])[sel], DK)
+
+
+def _dot(a, b):
+    """Inner product over the last two dimensions (one pass, no temporary)."""
+    return torch.linalg.vecdot(a.flatten(-2), b.flatten(-2))
+
+
+def _scan_states(kw, vc, fac, C0):
+    """C_in[:, k] is the state entering chunk k; C_last the state after the last chunk.
+
+    kw: (BH, nc, L, DK); vc: (BH, nc, L, DV+1); C0: (BH, DK, DV+1).
+    C̄_{k+1} = decay_k C̄_k + inflow_k kw_kᵀ v_k, the per-chunk weights applied inside the scan.
+    """
     BH, nc = kw.shape[:2]
-    dC = (kw.transpose(-1, -2) @ vc) * fac["inflow"][..., None, None]  # (BH, nc, DK, DV)
-    dn = kw.sum(-2) * fac["inflow"][..., None]  # (BH, nc, DK)
-    C_all = C0.new_empty(BH, nc + 1, *C0.shape[1:])
-    n_all = n0.new_empty(BH, nc + 1, n0.shape[1])
-    C_all[:, 0], n_all[:, 0] = C0, n0
-    decay = fac["decay"]
-    for kk in range(nc):
-        torch.addcmul(dC[:, kk], C_all[:, kk], decay[:, kk, None, None], out=C_all[:, kk + 1])
-        torch.addcmul(dn[:, kk], n_all[:, kk], decay[:, kk, None], out=n_all[:, kk + 1])
-    return C_all, n_all
+    update = kw.transpose(-1, -2) @ vc  # (BH, nc, DK, DV+1)
+    C_in = C0.new_empty(BH, nc, *C0.shape[1:])
+    C_in[:, 0] = C0
+    decay, inflow = fac["decay"][..., None, None], fac["inflow"][..., None, None]
+    for kk in range(nc - 1):
+        torch.mul(C_in[:, kk], decay[:, kk], out=C_in[:, kk + 1]).addcmul_(update[:, kk], inflow[:, kk])
+    return C_in, torch.addcmul(C_in[:, -1] * decay[:, -1], update[:, -1], inflow[:, -1])
 
 
-def _forward_core(qc, kc, vc, st, C0, n0, eps):
-    """qc, kc: (BH, nc, L, DK); vc: (BH, nc, L, DV). Returns h (BH, nc, L, DV), den, Q (BH, S_pad), states."""
-    BH, nc, L, DK = qc.shape
-    DV = vc.shape[-1]
-    fac = _chunk_factors(st, qc.dtype)
-    kw = kc * fac["w"][..., None]  # (BH, nc, L, DK)  k_l exp(u_l - c)
-    C_all, n_all = _scan_states(kw, vc, fac, C0, n0)
+def _scan_state_grads(into_state, dC_last, fac):
+    """Reverse of ``_scan_states``.
 
-    # Causal intra-chunk part, factorised: rows scaled by exp(c - M_j) afterwards.
-    scores = (qc @ kw.transpose(-1, -2)).tril_()  # (BH, nc, L, L)
-    num = scores @ vc  # (BH, nc, L, DV)
-    den = (qc * torch.cumsum(kw, dim=-2)).sum(-1)  # (BH, nc, L)
-    num *= fac["row"][..., None]
-    den *= fac["row"]
-    if fac["unsafe"] is not None:
-        sel = fac["unsafe"]
-        num_u, den_u = _intra_log_weights(
-            qc.reshape(-1, L, DK)[sel], kc.reshape(-1, L, DK)[sel], vc.reshape(-1, L, DV)[sel],
-            st["u"].reshape(-1, L)[sel], st["M"].reshape(-1, L)[sel])
-        num.view(-1, L, DV)[sel] = num_u
-        den.view(-1, L)[sel] = den_u
-    # Carried state: rows scaled by exp(m_{k-1} - M_j).
-    carry = fac["carry"]
-    num += (qc @ C_all[:, :-1]) * carry[..., None]
-    den += (qc * n_all[:, :-1, None, :]).sum(-1) * carry
-    Q = torch.maximum(den.abs(), normaliser_floor(st["m_step"], qc.dtype)) + eps  # (BH, nc, L)
-    return dict(h=num / Q[..., None], den=den.reshape(BH, nc * L), Q=Q.reshape(BH, nc * L), C_all=C_all, n_all=n_all)
-
-
-def _backward_core(qc, kc, vc, st, C0, n0, h, den, Q, dh, dC_last, dn_last):
-    """Gradients at fixed stabilisers (the function is invariant to them; see the module docstring)."""
-    BH, nc, L, DK = qc.shape
-    DV = vc.shape[-1]
-    dtype = qc.dtype
-    fac = _chunk_factors(st, dtype)
-    w = fac["w"]
-    kw = kc * w[..., None]
-    C_all, n_all = _scan_states(kw, vc, fac, C0, n0)
-    den, Q = den.view(BH, nc, L), Q.view(BH, nc, L)
-    floor = normaliser_floor(st["m_step"], dtype)
-
-    # h_j = num_j / Q_j with Q_j = max(|den_j|, exp(-m_j)) + eps.
-    dh_dot_h = (dh * h).sum(-1)  # (BH, nc, L)
-    dnum = dh / Q[..., None]  # (BH, nc, L, DV)
-    dden = -dh_dot_h / Q * torch.sign(den) * (den.abs() > floor).to(dtype)
-    dl = dh_dot_h + dden * den  # dℓ_j: num_j and den_j are both proportional to exp(ℓ_j)
-
-    # Carried state.
-    carry = fac["carry"]
-    dnum_c, dden_c = dnum * carry[..., None], dden * carry
-    dq = dnum_c @ C_all[:, :-1].transpose(-1, -2) + dden_c[..., None] * n_all[:, :-1, None, :]
-    into_state_C = qc.transpose(-1, -2) @ dnum_c  # (BH, nc, DK, DV) gradient on C̄ entering chunk k
-    into_state_n = (qc * dden_c[..., None]).sum(-2)  # (BH, nc, DK)
-    dC_all = torch.empty_like(C_all)
-    dn_all = torch.empty_like(n_all)
-    dC_all[:, nc], dn_all[:, nc] = dC_last, dn_last
-    decay = fac["decay"]
-    for kk in range(nc - 1, -1, -1):
-        torch.addcmul(into_state_C[:, kk], dC_all[:, kk + 1], decay[:, kk, None, None], out=dC_all[:, kk])
-        torch.addcmul(into_state_n[:, kk], dn_all[:, kk + 1], decay[:, kk, None], out=dn_all[:, kk])
-    dC_end, dn_end = dC_all[:, 1:], dn_all[:, 1:]  # gradient on the state leaving chunk k
-    dg = (dC_end * C_all[:, 1:]).sum((-1, -2)) + (dn_end * n_all[:, 1:]).sum(-1)  # (BH, nc)
-
-    # Intra-chunk part, factorised.
-    row = fac["row"]
-    dnum_r, dden_r = dnum * row[..., None], dden * row
-    dscores = (dnum_r @ vc.transpose(-1, -2)).tril_()  # (BH, nc, L, L)
-    dq_intra = dscores @ kw + dden_r[..., None] * torch.cumsum(kw, dim=-2)
-    dkw = dscores.transpose(-1, -2) @ qc + torch.flip(torch.cumsum(torch.flip(dden_r[..., None] * qc, [2]), 2), [2])
-    scores = (qc @ kw.transpose(-1, -2)).tril_()
-    dv = scores.transpose(-1, -2) @ dnum_r
-    extra_dk = extra_du = None
-    if fac["unsafe"] is not None:
-        sel = fac["unsafe"]
-        for t, width in ((dq_intra, DK), (dkw, DK), (dv, DV)):
-            t.view(-1, L, width)[sel] = 0.0
-        with torch.enable_grad():
-            q_s = qc.reshape(-1, L, DK)[sel].detach().requires_grad_(True)
-            k_s = kc.reshape(-1, L, DK)[sel].detach().requires_grad_(True)
-            v_s = vc.reshape(-1, L, DV)[sel].detach().requires_grad_(True)
-            u_s = st["u"].reshape(-1, L)[sel].detach().requires_grad_(True)
-            num_u, den_u = _intra_log_weights(q_s, k_s, v_s, u_s, st["M"].reshape(-1, L)[sel])
-            gq, gk, gv, gu = torch.autograd.grad(
-                (num_u, den_u), (q_s, k_s, v_s, u_s), (dnum.reshape(-1, L, DV)[sel], dden.reshape(-1, L)[sel]))
-        dq_intra.view(-1, L, DK)[sel] = gq
-        dv.view(-1, L, DV)[sel] = gv
-        extra_dk = torch.zeros_like(kc).view(-1, L, DK)
-        extra_dk[sel] = gk
-        extra_du = torch.zeros_like(st["u"]).view(-1, L)
-        extra_du[sel] = gu
-    dq = dq + dq_intra
-
-    # The chunk's own contribution to the state it leaves: inflow * kwᵀ v.
-    inflow = fac["inflow"][..., None, None]
-    dkw = dkw + (vc @ dC_end.transpose(-1, -2)) * inflow + dn_end[:, :, None, :] * inflow
-    dv = dv + (kw @ dC_end) * inflow
-    dk = dkw * w[..., None]
-    du = (dkw * kw).sum(-1)  # kw_l = k_l exp(u_l - c)
-    if extra_dk is not None:
-        dk = dk + extra_dk.view_as(dk)
-        du = du.double() + extra_du.view_as(du)
-    return dict(dq=dq, dk=dk, dv=dv, du=du, dl=dl, dg=dg, dC0=dC_all[:, 0], dn0=dn_all[:, 0],
-                C_last=C_all[:, -1], n_last=n_all[:, -1])
+    Returns the gradient on the state leaving each chunk (BH, nc, DK, DV+1), the same times the
+    chunk's inflow weight (the gradient on its update kwᵀ v), and the gradient on C0.
+    """
+    BH, nc = into_state.shape[:2]
+    decay, inflow = fac["decay"][..., None, None], fac["inflow"][..., None, None]
+    dC_end = torch.empty_like(into_state)
+    dC_inflow = torch.empty_like(into_state)
+    dC_end[:, -1] = dC_last
+    for kk in range(nc - 1, 0, -1):
+        torch.mul(dC_end[:, kk], inflow[:, kk], out=dC_inflow[:, kk])
+        torch.addcmul(into_state[:, kk], dC_end[:, kk], decay[:, kk], out=dC_end[:, kk - 1])
+    torch.mul(dC_end[:, 0], inflow[:, 0], out=dC_inflow[:, 0])
+    return dC_end, dC_inflow, torch.addcmul(into_state[:, 0], dC_end[:, 0], decay[:, 0])
 
 
 def mlstm_chunkwise(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6, chunk_size: int = 64):
