@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import xlstm_torch
-from dummy_models import TinyRNN, TinyRNNConfig
+from tests.dummy_models import TinyRNN, TinyRNNConfig
 from xlstm_torch.checkpoint import load_pretrained, save_pretrained
 from xlstm_torch.models.transformer import Transformer, TransformerConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dummy_models import CallRecorder, CountingModel, FixedLogitsModel, TinyRNN, TinyRNNConfig
+from tests.dummy_models import CallRecorder, CountingModel, FixedLogitsModel, TinyRNN, TinyRNNConfig
 from xlstm_torch.generation import filter_logits, generate, stream_generate
 from xlstm_torch.models.transformer import Transformer, TransformerConfig
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.helpers import assert_close
 from xlstm_torch.models.base import MODEL_REGISTRY
 from xlstm_torch.models.transformer import (
     Transformer,
@@ -107,7 +108,7 @@ def test_matches_written_out_reference_float64():
     ids = torch.randint(0, 256, (2, 11))
     logits, state = model(ids)
     assert logits.shape == (2, 11, 256) and logits.dtype == torch.float64
-    torch.testing.assert_close(logits, reference_logits(model, ids), rtol=1e-10, atol=1e-10)
+    assert_close(logits, reference_logits(model, ids), rtol=1e-12, name="logits")
     assert isinstance(state, TransformerState) and state.seq_len == 11
 
 
@@ -152,7 +153,7 @@ def test_pieces_with_cache_equal_one_call(splits):
             pieces.append(logits)
             start += size
     assert state.seq_len == 13
-    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-5)
+    assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, name="logits in pieces")
 
 
 def test_pieces_float64_tight():
@@ -161,7 +162,7 @@ def test_pieces_float64_tight():
     whole, _ = model(ids)
     first, state = model(ids[:, :4])
     rest, _ = model(ids[:, 4:], state)
-    torch.testing.assert_close(torch.cat((first, rest), 1), whole, rtol=1e-12, atol=1e-12)
+    assert_close(torch.cat((first, rest), 1), whole, rtol=1e-12, name="logits in pieces")
 
 
 def test_tied_embeddings_share_one_parameter():
