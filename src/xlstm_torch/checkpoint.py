@@ -186,7 +186,7 @@ def load_pretrained(path: str | os.PathLike, *, device: str | torch.device | Non
     stored = weights.shapes()  # names and shapes as stored in the files
     if renames is not None:
         stored = renames.map_shapes(stored)
-    _check_names_and_shapes(expected, stored, path)
+    _check_names_and_shapes(expected, stored, path, renames.stored_name if renames is not None else None)
 
     tensors = weights.load(device, renames)
     if dtype is not None:
@@ -238,8 +238,13 @@ def _non_persistent_buffers(model: torch.nn.Module):
             yield f"{module_name}.{name}".lstrip("."), module._buffers[name]
 
 
-def _check_names_and_shapes(expected: dict[str, tuple], stored: dict[str, tuple], path: Path) -> None:
+def _check_names_and_shapes(expected: dict[str, tuple], stored: dict[str, tuple], path: Path,
+                            stored_name=None) -> None:
+    """Raise ValueError listing every missing, unexpected and mis-shaped tensor. ``stored_name``
+    maps one of our names to the name it has in the files, where the layouts differ."""
     missing = sorted(set(expected) - set(stored))
+    if stored_name is not None:
+        missing = [f"{n} (stored as {stored_name(n)})" if stored_name(n) != n else n for n in missing]
     unexpected = sorted(set(stored) - set(expected))
     misshaped = sorted(f"{n}: stored {stored[n]}, model wants {expected[n]}"
                        for n in set(expected) & set(stored) if tuple(stored[n]) != tuple(expected[n]))
