@@ -1,6 +1,6 @@
 """Decoding cost against context length: our xLSTM, the Transformer baseline, and HF transformers' xLSTM.
 
-xLSTM 7B (Beck et al., 2025), Sec. 4 / Fig. 5: a recurrent model decodes each token in constant time
+xLSTM 7B (Beck et al., 2025), inference experiments: a recurrent model decodes each token in constant time
 and memory whatever the context, while a Transformer's per-token cost and key/value cache grow with
 it. This script measures that on small models of one shape (D 256, 4 blocks, 4 heads, vocab 256,
 float32 by default) so it runs on a CPU:

@@ -1,8 +1,8 @@
 """Autoregressive generation for any model of the library: greedy or sampled, with a carried state.
 
-xLSTM paper (Beck et al., NeurIPS 2024), Sec. 2: the recurrent form makes decoding cost O(1) time and
-memory per token; xLSTM 7B (2025), Sec. 4: prefill the prompt in one parallel/chunkwise call, then
-decode token by token from the state. ``generate`` does exactly that for any model with the surface
+xLSTM paper (Beck et al., NeurIPS 2024), Sec. 2.3: the recurrent form of the mLSTM makes decoding
+cost O(1) time and memory per token; xLSTM 7B (Beck et al., 2025), inference experiments: prefill the
+prompt in one parallel/chunkwise call, then decode token by token from the state. ``generate`` does exactly that for any model with the surface
 
     logits, state = model(input_ids, state=None)        input_ids (B, S) -> logits (B, S, V)
 

@@ -26,7 +26,7 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """ids 0..255 are UTF-8 bytes; decoding replaces invalid byte sequences by U+FFFD."""
+    """ids 0..255 are UTF-8 bytes; decoding replaces invalid byte sequences (and ids > 255) by U+FFFD."""
 
     vocab_size = 256
 
@@ -36,10 +36,16 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, ids: list[int]) -> str:
-        bad = [i for i in ids if not 0 <= int(i) < 256]
-        if bad:
-            raise ValueError(f"ids must be bytes 0..255 for the byte tokenizer, got {bad[:5]}")
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+        """Text of the byte ids; an id outside 0..255 (a model whose vocabulary is padded past the
+        bytes can still emit one) decodes to U+FFFD like an invalid byte sequence."""
+        text, run = [], bytearray()
+        for i in map(int, ids):
+            if 0 <= i < 256:
+                run.append(i)
+                continue
+            text.append(run.decode("utf-8", errors="replace") + "\ufffd")
+            run = bytearray()
+        return "".join(text) + run.decode("utf-8", errors="replace")
 
 
 class JSONTokenizer:

@@ -1,7 +1,7 @@
 """A Llama-style Transformer language model: the baseline the xLSTM paper compares against.
 
-xLSTM paper (Beck et al., NeurIPS 2024), Sec. 4 and App. D: the "Llama" baseline is a pre-norm
-decoder-only Transformer with rotary position embeddings (RoPE), RMSNorm and a SwiGLU feed-forward.
+xLSTM paper (Beck et al., NeurIPS 2024), language-modelling experiments: the "Llama" baseline is a
+pre-norm decoder-only Transformer with rotary position embeddings (RoPE), RMSNorm and a SwiGLU feed-forward.
 It sits behind the same surface as the xLSTM models (``models/base.py``):
 
     logits, state = model(input_ids, state=None)        input_ids (B, S) -> logits (B, S, V)
