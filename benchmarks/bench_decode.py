@@ -12,9 +12,10 @@ Per model and context length L: one prefill call over L random tokens (prefill t
 ``--new-tokens`` greedy decoding steps of one token each, each step feeding the previous step's
 argmax and the carried state (decode tokens/s and ms per token; the best of ``--repeats`` runs
 from the same prefill state). "state MiB" is the size of the state after the prefill (for the
-Transformer: its key/value cache). "peak MiB" is the growth of the process's peak resident memory
-over the prefill and the decoding (on CUDA: the peak allocated memory), reset before each case
-through /proc/self/clear_refs where the kernel allows it.
+Transformer: its key/value cache). "prefill peak MiB" is the growth of the process's peak resident
+memory during the prefill, "decode peak MiB" its growth during the decoding over the memory held
+after the prefill (on CUDA: peak allocated memory). The peak is reset before each part through
+/proc/self/clear_refs, after handing freed heap back to the OS (malloc_trim), where the system allows.
 
 Models. "xlstm[1:1]" is the paper's xLSTM with alternating mLSTM and sLSTM blocks
 (``xlstm_torch.models.xlstm``), "xlstm-large" the xLSTM 7B architecture (``models/large.py``),
@@ -179,12 +180,24 @@ def reset_peak(device) -> int:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
+    _release_free_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM (the peak RSS) to the current RSS
     except OSError:
         pass
     return _proc_status_kib("VmRSS") * 1024
+
+
+def _release_free_heap() -> None:
+    """Hand memory freed by earlier cases back to the OS (glibc keeps it otherwise), so that this
+    case's allocations raise the resident set again and show in the peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_since(device, baseline: int) -> int:
@@ -215,9 +228,13 @@ def measure(runner: Runner, context: int, new_tokens: int, batch: int, repeats: 
     sync(device)
     prefill_s = time.perf_counter() - t0
     state_bytes = runner.state_bytes(state)
-    best = float("inf")
-    for _ in range(repeats):
+    prefill_peak = peak_since(device, baseline)
+    del ids
+    best, decode_peak = float("inf"), 0
+    for repeat in range(repeats):
         run_state, token = runner.copy_state(state), logits.argmax(-1, keepdim=True)
+        if repeat == 0:  # the decoding's own peak, on top of the state it starts from
+            baseline = reset_peak(device)
         sync(device)
         t0 = time.perf_counter()
         for _ in range(new_tokens):
@@ -225,9 +242,11 @@ def measure(runner: Runner, context: int, new_tokens: int, batch: int, repeats: 
             token = step_logits.argmax(-1, keepdim=True)  # (B, 1)
         sync(device)
         best = min(best, time.perf_counter() - t0)
+        if repeat == 0:
+            decode_peak = peak_since(device, baseline)
     return dict(prefill_tps=batch * context / prefill_s, decode_tps=batch * new_tokens / best,
                 ms_per_token=1000 * best / new_tokens, state_mib=state_bytes / 2**20,
-                peak_mib=peak_since(device, baseline) / 2**20)
+                prefill_peak_mib=prefill_peak / 2**20, decode_peak_mib=decode_peak / 2**20)
 
 
 def warm_up(runner: Runner, device) -> None:
@@ -272,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Decode benchmark: D {D_MODEL}, {NUM_BLOCKS} blocks, {NUM_HEADS} heads, vocab {VOCAB}, batch {args.batch}, "
           f"{args.dtype}, {args.new_tokens} new tokens, device {device} "
           f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})\n")
-    print("| model | context | prefill tok/s | decode tok/s | ms/token | state MiB | peak MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | context | prefill tok/s | decode tok/s | ms/token | state MiB | prefill peak MiB "
+          "| decode peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, context, r in rows:
         print(f"| {name} | {context} | {r['prefill_tps']:,.0f} | {r['decode_tps']:,.1f} | {r['ms_per_token']:.2f} "
-              f"| {r['state_mib']:.2f} | {r['peak_mib']:.0f} |")
+              f"| {r['state_mib']:.2f} | {r['prefill_peak_mib']:.0f} | {r['decode_peak_mib']:.1f} |")
     if notes:
         print("\nNot measured:\n" + "\n".join(notes))
     return 0
