@@ -1,0 +1,56 @@
+"""Causal depthwise convolution over time (xLSTM paper Sec. 2.4 and its block figures: the "Conv4"
+with Swish activation in front of the q/k projections of the mLSTM block and the i/f gates of
+the sLSTM block).
+
+Each channel has its own kernel of K taps; the output at step t sees inputs t-K+1 .. t only.
+The carried state is the last K-1 inputs, so a sequence fed in pieces (or one step at a time)
+gives the same output as one call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal conv1d: y[:, t, d] = bias[d] + sum_j weight[d, j] * x[:, t - (K-1) + j, d].
+
+    weight: (D, K), the last tap multiplies the current input. Inputs before the first step are
+    zero unless a state is passed.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 4, bias: bool = True):
+        super().__init__()
+        if dim <= 0 or kernel_size <= 0:
+            raise ValueError(f"dim and kernel_size must be positive, got dim={dim}, kernel_size={kernel_size}")
+        self.dim, self.kernel_size = dim, kernel_size
+        self.weight = nn.Parameter(torch.empty(dim, kernel_size))
+        self.bias = nn.Parameter(torch.empty(dim)) if bias else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # torch's Conv1d default (the paper keeps it): U(-1/sqrt(K), 1/sqrt(K)), fan-in K per channel.
+        bound = 1.0 / math.sqrt(self.kernel_size)
+        self.weight.uniform_(-bound, bound)
+        if self.bias is not None:
+            self.bias.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, S, D); state: (B, K-1, D) the inputs just before x, or None for zeros.
+
+        Returns y (B, S, D) and the new state (B, K-1, D): the last K-1 inputs seen.
+        """
+        B, S, D = x.shape
+        if state is None:
+            state = x.new_zeros(B, self.kernel_size - 1, D)
+        window = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+S, D)
+        y = F.conv1d(window.transpose(1, 2), self.weight[:, None, :], self.bias, groups=D)  # (B, D, S)
+        return y.transpose(1, 2), window[:, S:]  # (B, S, D), (B, K-1, D)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, kernel_size={self.kernel_size}, bias={self.bias is not None}"

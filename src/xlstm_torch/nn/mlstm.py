@@ -1,0 +1,136 @@
+"""The mLSTM layer and block of the paper models (xLSTM paper Sec. 2.3, and Sec. 2.4 with
+its mLSTM block figure).
+
+The mLSTM block is a "pre up-projection" residual block (like a state-space-model block): the
+cell runs in an up-projected space of width Di = 2 D (rounded up to a multiple of 64), and there
+is no separate feed-forward network:
+
+    x (B, S, D) ─ LayerNorm ─ proj_up ─┬─ x_in ─ conv4 ─ SiLU = x_conv ─┬─ q, k (head-wise 4x4 blocks)
+                                       │         └──────────────────────┼─ v from x_in (head-wise)
+                                       │                                └─ i, f = Linear([q, k, v])
+                                       │    h = MultiHeadNorm(mLSTM(q, k, v, i, f)) + skip ⊙ x_conv
+                                       └─ z ───── SiLU(z) ⊙ h ─ proj_down ─ + x
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xlstm_torch import ops
+
+from .conv import CausalConv1d
+from .functional import round_up, state_dtype
+from .init import small_init_, wang_init_, zero_bias_
+from .linear import HeadwiseLinear
+from .norm import LayerNorm, MultiHeadNorm
+from .state import LayerState
+
+
+def multihead_mlstm(q, k, v, i, f, state: ops.MLSTMState | None, *, chunk_size: int | None, eps: float = 1e-6):
+    """Run the mLSTM cell on head-split inputs in the layers' (B, S, NH, ...) layout.
+
+    q, k: (B, S, NH, DK); v: (B, S, NH, DV); i, f: (B, S, NH) gate pre-activations.
+    Returns h (B, S, NH, DV) in v's dtype and the final MLSTMState.
+    One-token calls take ``ops.mlstm_step`` directly: the decoding step is O(1) in the context length.
+    """
+    if q.shape[1] == 1:
+        sdtype = state_dtype(q.dtype)  # the op contract: cell arithmetic in float32 (float64 for float64)
+        h, state = ops.mlstm_step(*(x[:, 0].to(sdtype) for x in (q, k, v, i, f)), state, eps)  # h (B, NH, DV)
+        return h.to(v.dtype)[:, None], state  # (B, 1, NH, DV)
+    h, state = ops.mlstm(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), i.transpose(1, 2),
+                         f.transpose(1, 2), state=state, return_state=True, chunk_size=chunk_size, eps=eps)
+    return h.transpose(1, 2), state  # (B, S, NH, DV)
+
+
+class MLSTMLayer(nn.Module):
+    """mLSTM layer with pre up-projection (everything of the block but the pre-norm and residual).
+
+    x: (B, S, D) -> y (B, S, D), LayerState(conv (B, K-1, Di), cell MLSTMState).
+    Di = proj_factor * D rounded up to ``round_up_to_multiple_of``; NH heads of width Di/NH for q,
+    k and v. ``num_blocks`` only sets the scale of proj_down's init (wang init).
+    """
+
+    def __init__(self, embedding_dim: int, *, num_heads: int = 4, proj_factor: float = 2.0,
+                 round_up_to_multiple_of: int = 64, conv_kernel_size: int = 4, qkv_block_size: int = 4,
+                 chunk_size: int | None = 64, bias: bool = False, dropout: float = 0.0, norm_eps: float = 1e-5,
+                 num_blocks: int = 1):
+        super().__init__()
+        D = embedding_dim
+        Di = round_up(proj_factor * D, round_up_to_multiple_of)
+        if Di % num_heads or Di % qkv_block_size:
+            raise ValueError(f"the inner width {Di} must be divisible by num_heads={num_heads} "
+                             f"and qkv_block_size={qkv_block_size}")
+        self.embedding_dim, self.inner_dim, self.num_heads = D, Di, num_heads
+        self.head_dim, self.chunk_size, self.num_blocks = Di // num_heads, chunk_size, num_blocks
+
+        self.proj_up = nn.Linear(D, 2 * Di, bias=bias)
+        self.conv = CausalConv1d(Di, conv_kernel_size)
+        self.q = HeadwiseLinear(Di, Di, Di // qkv_block_size)
+        self.k = HeadwiseLinear(Di, Di, Di // qkv_block_size)
+        self.v = HeadwiseLinear(Di, Di, Di // qkv_block_size)
+        self.igate_preact = nn.Linear(3 * Di, num_heads, bias=True)
+        self.fgate_preact = nn.Linear(3 * Di, num_heads, bias=True)
+        self.multihead_norm = MultiHeadNorm(num_heads, self.head_dim, eps=norm_eps)
+        self.learnable_skip = nn.Parameter(torch.ones(Di))
+        self.proj_down = nn.Linear(Di, D, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Paper init: small init for the projections into the cell, wang init for proj_down; the
+        gates start from their biases alone (zero weights), forget-gate biases spread over heads by
+        linspace(3, 6) (long memory at the start of training), input-gate biases N(0, 0.1)."""
+        D, Di = self.embedding_dim, self.inner_dim
+        small_init_(self.proj_up.weight, D)
+        for proj in (self.q, self.k, self.v):
+            small_init_(proj.weight, Di)
+        wang_init_(self.proj_down.weight, D, self.num_blocks)
+        zero_bias_(self.proj_up)
+        zero_bias_(self.proj_down)
+        self.conv.reset_parameters()
+        self.igate_preact.weight.zero_()
+        self.igate_preact.bias.normal_(0.0, 0.1)
+        self.fgate_preact.weight.zero_()
+        self.fgate_preact.bias.copy_(torch.linspace(3.0, 6.0, self.num_heads))
+        self.multihead_norm.reset_parameters()
+        self.learnable_skip.fill_(1.0)
+
+    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        B, S, _ = x.shape
+        NH, DH = self.num_heads, self.head_dim
+        conv_state, cell_state = (None, None) if state is None else state
+        x_in, z = self.proj_up(x).chunk(2, dim=-1)  # (B, S, Di) each
+        x_conv, conv_state = self.conv(x_in, conv_state)
+        x_conv = F.silu(x_conv)  # (B, S, Di)
+        q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_in)  # (B, S, Di) each
+        gate_input = torch.cat([q, k, v], dim=-1)  # (B, S, 3 Di)
+        i, f = self.igate_preact(gate_input), self.fgate_preact(gate_input)  # (B, S, NH)
+        h, cell_state = multihead_mlstm(q.view(B, S, NH, DH), k.view(B, S, NH, DH), v.view(B, S, NH, DH), i, f,
+                                        cell_state, chunk_size=self.chunk_size)  # (B, S, NH, DH)
+        h = self.multihead_norm(h).reshape(B, S, -1)  # (B, S, Di)
+        h = (h + self.learnable_skip * x_conv) * F.silu(z)
+        y = self.dropout(self.proj_down(h))  # (B, S, D)
+        return y, LayerState(conv_state, cell_state)
+
+
+class MLSTMBlock(nn.Module):
+    """Residual pre-norm mLSTM block: x + MLSTMLayer(LayerNorm(x)). x: (B, S, D) -> (B, S, D), LayerState.
+
+    Keyword arguments other than ``norm_eps`` go to ``MLSTMLayer``.
+    """
+
+    def __init__(self, embedding_dim: int, *, norm_eps: float = 1e-5, **layer_kwargs):
+        super().__init__()
+        self.norm_mlstm = LayerNorm(embedding_dim, eps=norm_eps)
+        self.mlstm_layer = MLSTMLayer(embedding_dim, norm_eps=norm_eps, **layer_kwargs)
+
+    def reset_parameters(self) -> None:
+        self.norm_mlstm.reset_parameters()
+        self.mlstm_layer.reset_parameters()
+
+    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state)
+        return x + y, state
