@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 import xlstm_torch
 from tests.dummy_models import TinyRNN, TinyRNNConfig
 from xlstm_torch.checkpoint import load_pretrained, save_pretrained
+from xlstm_torch.models import from_preset
 from xlstm_torch.models.transformer import Transformer, TransformerConfig
 
 
@@ -25,9 +26,18 @@ def logits_of(model, ids):
         return model(ids)[0]
 
 
+def preset(name):
+    def make():
+        torch.manual_seed(0)
+        return from_preset(name, vocab_size=32).eval()
+
+    return make
+
+
 @pytest.mark.parametrize("make", [transformer, lambda: transformer(tie_embeddings=True),
-                                  lambda: TinyRNN(TinyRNNConfig()).eval()],
-                         ids=["transformer", "transformer-tied", "rnn-with-nonpersistent-buffer"])
+                                  lambda: TinyRNN(TinyRNNConfig()).eval(), preset("debug"), preset("debug-large")],
+                         ids=["transformer", "transformer-tied", "rnn-with-nonpersistent-buffer", "xlstm-tied",
+                              "xlstm-large"])
 def test_round_trip_gives_identical_logits(tmp_path, make):
     model = make()
     save_pretrained(model, tmp_path / "ckpt")

@@ -11,6 +11,7 @@ import torch
 from xlstm_torch.checkpoint import save_pretrained
 from xlstm_torch.cli import main
 from xlstm_torch.generation import generate
+from xlstm_torch.models import from_preset
 from xlstm_torch.models.transformer import Transformer, TransformerConfig
 from xlstm_torch.tokenizers import ByteTokenizer, JSONTokenizer, load_tokenizer
 
@@ -39,6 +40,16 @@ def test_greedy_cli_prints_prompt_and_continuation(ckpt, capsys):
     printed = capsys.readouterr().out
     expected = generate(model, torch.tensor([list(b"Hello")]), 12, temperature=0)[0].tolist()
     assert printed == ByteTokenizer().decode(expected) + "\n"
+
+
+def test_cli_with_an_xlstm_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = from_preset("debug").eval()  # xLSTM[1:1], byte-sized vocabulary or larger
+    save_pretrained(model, tmp_path / "xlstm")
+    assert main(["generate", str(tmp_path / "xlstm"), "--prompt", "xLSTM", "--max-new-tokens", "6",
+                 "--temperature", "0"]) == 0
+    expected = generate(model, torch.tensor([list(b"xLSTM")]), 6, temperature=0)[0].tolist()
+    assert capsys.readouterr().out == ByteTokenizer().decode(expected) + "\n"
 
 
 def test_sampling_cli_is_reproducible_with_seed(ckpt, capsys):
