@@ -10,14 +10,16 @@ __version__ = "0.1.0"
 
 from xlstm_torch import ops  # noqa: E402,F401
 
+# Lazy: ``import xlstm_torch`` stays light; the models and checkpoint I/O (safetensors) load on first use.
+_LAZY_EXPORTS = {"from_preset": "xlstm_torch.models", "load_pretrained": "xlstm_torch.checkpoint"}
 
-def __getattr__(name):
-    # Lazy: ``import xlstm_torch`` stays light; the models load on first use.
-    if name == "from_preset":
-        from xlstm_torch.models import from_preset
 
-        return from_preset
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
     raise AttributeError(f"module 'xlstm_torch' has no attribute {name!r}")
 
 
-__all__ = ["ops", "from_preset", "__version__"]
+__all__ = ["ops", "from_preset", "load_pretrained", "__version__"]

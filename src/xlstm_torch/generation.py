@@ -1,0 +1,285 @@
+"""Autoregressive generation for any model of the library: greedy or sampled, with a carried state.
+
+xLSTM paper (Beck et al., NeurIPS 2024), Sec. 2.3: the recurrent form of the mLSTM makes decoding
+cost O(1) time and memory per token; xLSTM 7B (Beck et al., 2025), inference experiments: prefill the
+prompt in one parallel/chunkwise call, then decode token by token from the state. ``generate`` does exactly that for any model with the surface
+
+    logits, state = model(input_ids, state=None)        input_ids (B, S) -> logits (B, S, V)
+
+One prefill call over the prompt, then one call per new token that feeds only that token and the
+state: nothing here grows with the number of new tokens except the output ids themselves.
+
+Left-padded prompts of unequal length (``attention_mask``): the model surface has no mask, and a
+recurrent state would absorb pad tokens, so pad tokens are never fed. Rows are grouped by their true
+prompt length and each group is prefilled without its padding. If the groups' states can be joined
+along the batch dimension (every tensor in the state has the group's batch size as dim 0 and equal
+other dims, as for the fixed-size xLSTM states), they are concatenated and decoding runs as one batch;
+otherwise (for example Transformer caches of different lengths) the groups are decoded in lockstep,
+one call per group and step. Either way each row gets exactly the tokens it would get alone (greedy),
+and sampling draws for the whole batch at once, so a seed fixes the result whatever the grouping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["generate", "stream_generate", "filter_logits"]
+
+
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
+    """Continue each prompt by up to ``max_new_tokens`` tokens; the options are those of ``stream_generate``.
+
+    input_ids (B, S) int64 prompts (left-padded where ``attention_mask`` (B, S) has leading zeros).
+    Returns (B, S + N) int64: the prompts followed by N <= max_new_tokens new tokens; N is smaller only
+    when every row has produced one of ``eos_token_id``.
+    """
+    new_tokens = list(stream_generate(model, input_ids, max_new_tokens, **options))
+    prompt = input_ids.to(new_tokens[0].device) if new_tokens else input_ids
+    return torch.cat([prompt.long(), *(t[:, None] for t in new_tokens)], dim=1)  # (B, S + N)
+
+
+def stream_generate(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    do_sample: bool | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    streamer: Callable[[torch.Tensor], Any] | Any | None = None,
+) -> Iterator[torch.Tensor]:
+    """Decode step by step: an iterator over the (B,) int64 new tokens of each step.
+
+    input_ids (B, S) int64 prompts (left-padded where ``attention_mask`` (B, S) has leading zeros).
+    At most ``max_new_tokens`` steps; fewer when every row has produced one of ``eos_token_id``.
+    A row that has finished continues with ``pad_token_id`` (default: the first eos id).
+
+    Greedy (argmax) when ``temperature == 0`` or ``do_sample=False``; otherwise samples from
+    softmax(logits / temperature) restricted by ``top_k`` and ``top_p`` (nucleus). ``seed`` (or an
+    explicit ``generator``) makes sampling reproducible. ``streamer`` is called with the (B,) new
+    tokens of every step, or, if it has ``put``/``end`` methods, ``put`` per step and ``end`` at the end.
+    The arguments are checked when this is called, not at the first ``next``.
+    """
+    _check_int("max_new_tokens", max_new_tokens, minimum=0)
+    _check_prompt(input_ids, attention_mask)
+    greedy = _resolve_greedy(temperature, do_sample)
+    if top_k is not None:
+        _check_int("top_k", top_k, minimum=1)
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    eos_ids = _eos_list(eos_token_id)
+    if pad_token_id is not None:
+        _check_int("pad_token_id", pad_token_id, minimum=0)
+    elif eos_ids:
+        pad_token_id = eos_ids[0]
+    if generator is not None and seed is not None:
+        raise ValueError("pass either generator or seed, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if seed is not None:
+        _check_int("seed", seed, minimum=0)
+    if streamer is not None and not (callable(streamer) or hasattr(streamer, "put")):
+        raise TypeError(f"streamer must be callable or have a put method, got {type(streamer).__name__}")
+
+    device = _model_device(model, input_ids.device)
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    steps = _decode(model, input_ids.to(device).long(),
+                    None if attention_mask is None else attention_mask.to(device), max_new_tokens,
+                    greedy=greedy, temperature=float(temperature), top_k=top_k, top_p=top_p,
+                    eos_ids=eos_ids, pad_token_id=pad_token_id, generator=generator, streamer=streamer)
+    return steps
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the top-p nucleus; logits (B, V).
+
+    top-p keeps the smallest set of most likely tokens whose probabilities sum to at least top_p
+    (always at least the most likely token). Applied after top-k, as in the usual sampling recipe.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the more likely tokens
+        drop_sorted = mass_before >= top_p  # the nucleus already holds top_p without this token
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+# --- the decoding loop -------------------------------------------------------------------------------------------
+
+
+class _Group:
+    """Rows decoded together: their indices in the batch and their model state."""
+
+    def __init__(self, rows: torch.Tensor, state: Any) -> None:
+        self.rows, self.state = rows, state
+
+
+def _decode(model, input_ids, attention_mask, max_new_tokens, *, greedy, temperature, top_k, top_p, eos_ids,
+            pad_token_id, generator, streamer) -> Iterator[torch.Tensor]:
+    B, S = input_ids.shape
+    if max_new_tokens == 0:
+        return
+    # Prefill: one call per distinct prompt length, each without its padding.
+    lengths = torch.full((B,), S, device=input_ids.device) if attention_mask is None else attention_mask.sum(1)
+    next_logits: torch.Tensor | None = None  # (B, V), float32
+    groups = []
+    for length in sorted(set(lengths.tolist()), reverse=True):
+        rows = (lengths == length).nonzero().flatten()
+        with torch.no_grad():
+            logits, state = model(input_ids[rows, S - length:], state=None)  # (G, length, V)
+        if next_logits is None:
+            next_logits = torch.empty(B, logits.shape[-1], device=logits.device, dtype=torch.float32)
+        next_logits[rows] = logits[:, -1].float()
+        groups.append(_Group(rows, state))
+    groups = _merge_groups(groups)
+
+    eos = torch.tensor(eos_ids, device=input_ids.device, dtype=torch.long)
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    try:
+        for step in range(max_new_tokens):
+            with torch.no_grad():
+                tokens = _pick(next_logits, greedy, temperature, top_k, top_p, generator)  # (B,)
+            if eos_ids:
+                tokens = torch.where(finished, pad_token_id, tokens)
+                finished = finished | torch.isin(tokens, eos)
+            if streamer is not None:
+                (streamer.put if hasattr(streamer, "put") else streamer)(tokens)
+            yield tokens
+            if step == max_new_tokens - 1 or (eos_ids and bool(finished.all())):
+                break
+            for group in groups:
+                with torch.no_grad():
+                    logits, group.state = model(tokens[group.rows, None], state=group.state)  # (G, 1, V)
+                next_logits[group.rows] = logits[:, -1].float()
+    finally:
+        if streamer is not None and hasattr(streamer, "end"):
+            streamer.end()
+
+
+def _pick(logits, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
+    """The next token of every row from its logits (B, V): argmax, or a draw from the filtered softmax."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+
+
+class _Unjoinable(Exception):
+    """Raised inside ``_concat_states`` when the states cannot be joined along the batch dimension."""
+
+
+def _merge_groups(groups: list[_Group]) -> list[_Group]:
+    """Join all groups into one batch if their states allow it; else keep them apart."""
+    if len(groups) == 1:
+        return groups
+    try:
+        state = _concat_states([g.state for g in groups], [len(g.rows) for g in groups])
+    except _Unjoinable:
+        return groups
+    return [_Group(torch.cat([g.rows for g in groups]), state)]
+
+
+def _concat_states(states: list, batch_sizes: list[int]):
+    """Concatenate like-structured states along dim 0 of every tensor (tuples, NamedTuples, lists,
+    dicts and dataclasses are walked). Any tensor whose dim 0 is not its group's batch size, or whose
+    other dims differ between groups, makes the states unjoinable."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        for s, b in zip(states, batch_sizes):
+            if not isinstance(s, torch.Tensor) or s.ndim == 0 or s.shape[0] != b or s.shape[1:] != first.shape[1:]:
+                raise _Unjoinable
+        return torch.cat(states, dim=0)
+    if any(type(s) is not type(first) for s in states):
+        raise _Unjoinable
+    if first is None or isinstance(first, (bool, int, float, str)):
+        if any(s != first for s in states):
+            raise _Unjoinable
+        return first
+    if isinstance(first, (tuple, list)):
+        if any(len(s) != len(first) for s in states):
+            raise _Unjoinable
+        parts = [_concat_states(list(items), batch_sizes) for items in zip(*states)]
+        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)
+    if isinstance(first, dict):
+        if any(s.keys() != first.keys() for s in states):
+            raise _Unjoinable
+        return {key: _concat_states([s[key] for s in states], batch_sizes) for key in first}
+    if dataclasses.is_dataclass(first):
+        joined = {f.name: _concat_states([getattr(s, f.name) for s in states], batch_sizes)
+                  for f in dataclasses.fields(first) if f.init}
+        return dataclasses.replace(first, **joined)
+    raise _Unjoinable
+
+
+# --- argument checks ---------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_prompt(input_ids, attention_mask) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError("input_ids must be an int64 tensor of shape (B, S), got "
+                        f"{input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must have shape (B, S) with B, S >= 1, got {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
+    mask = attention_mask.long()
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    if (mask[:, 1:] < mask[:, :-1]).any():
+        raise ValueError("attention_mask must describe left padding (zeros, then ones, in every row); "
+                         "right-padded prompts are not supported")
+    if (mask.sum(1) == 0).any():
+        raise ValueError("attention_mask has a row with no tokens; every prompt needs at least one")
+
+
+def _resolve_greedy(temperature, do_sample) -> bool:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise TypeError(f"do_sample must be a bool or None, got {do_sample!r}")
+    if do_sample and temperature == 0:
+        raise ValueError("do_sample=True needs temperature > 0 (temperature 0 means greedy)")
+    return do_sample is False or temperature == 0
+
+
+def _eos_list(eos_token_id) -> list[int]:
+    if eos_token_id is None:
+        return []
+    ids = [eos_token_id] if isinstance(eos_token_id, int) and not isinstance(eos_token_id, bool) else eos_token_id
+    if not isinstance(ids, (list, tuple)) or not ids or any(
+            isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+        raise ValueError(f"eos_token_id must be a non-negative int or a non-empty list of them, got {eos_token_id!r}")
+    return list(ids)
+
+
+def _model_device(model, fallback: torch.device) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return fallback
