@@ -20,10 +20,13 @@ def mlstm_step(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6
     if state is None:
         state = empty_mlstm_state(B, NH, DK, v.shape[-1], dtype=q.dtype, device=q.device)
     C, n, m = state
-    log_f_plus_m = F.logsigmoid(f) + m  # (B, NH)
-    m_new = torch.maximum(log_f_plus_m, i)
-    f_scaled = torch.exp(log_f_plus_m - m_new)
-    k_scaled = k * (torch.exp(i - m_new) / math.sqrt(DK))[..., None]  # (B, NH, DK)
+    # The (B, NH) gate scalars in float64: in float32 the stabiliser (|m| ~ 10 with the 7B's gate
+    # bias) would cost ~1e-6 relative per step, accumulating over a long decode.
+    log_f_plus_m = F.logsigmoid(f.double()) + m.double()  # (B, NH)
+    m_new64 = torch.maximum(log_f_plus_m, i.double())
+    f_scaled = torch.exp(log_f_plus_m - m_new64).to(q.dtype)
+    k_scaled = k * (torch.exp(i.double() - m_new64) / math.sqrt(DK)).to(q.dtype)[..., None]  # (B, NH, DK)
+    m_new = m_new64.to(q.dtype)
     C = torch.addcmul(C * f_scaled[..., None, None], k_scaled[..., :, None], v[..., None, :])  # (B, NH, DK, DV)
     n = torch.addcmul(k_scaled, n, f_scaled[..., None])  # (B, NH, DK)
     num = (q[..., None, :] @ C).squeeze(-2)  # (B, NH, DV)
