@@ -334,6 +334,9 @@ def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, 
     return D[2], D[1], D[0], d_m0
 
 
+# torch.compile traces around this op, not into it: its in-place workspace reuse and thread switch
+# are eager-only, and a Python loop of tiny ops gains nothing from tracing.
+@torch.compiler.disable
 def slstm_recurrent(wx, r, b, state: SLSTMState | None = None):
     """Same contract as ``slstm_reference``: wx (B, S, NH, 4, DH), r (NH, 4, DH, DH), b (NH, 4, DH),
     state (h, c̄, n̄, m) each (B, NH, DH), all already in the state dtype (float32 or float64).
