@@ -16,15 +16,6 @@ RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.f
 NAMES = ["h", "hS", "cS", "nS", "mS", "dwx", "dr", "db", "dh0", "dc0", "dn0", "dm0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The reference's ops are tiny: a second thread only adds barriers (10x slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_inputs(B=2, S=65, NH=3, DH=5, *, dtype=torch.float64, seed=0):
     """wx (B, S, NH, 4, DH), r (NH, 4, DH, DH), b (NH, 4, DH); forget gates biased open as in the models."""
     g = torch.Generator().manual_seed(seed)

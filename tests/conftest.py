@@ -1,3 +1,5 @@
+"""Shared fixtures: every test runs torch on one thread (tests/ mirror src/)."""
+
 import pytest
 import torch
 
