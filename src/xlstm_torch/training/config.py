@@ -33,8 +33,9 @@ class RecipeError(ValueError):
 class TrainConfig:
     """Everything a training run needs besides the data files; saved as ``train_config.json`` in the run folder.
 
-    Batch sizes: ``batch_size`` rows of ``seq_len`` tokens per process and micro-step; one optimizer step sees
-    ``batch_size * grad_accum * world_size`` rows (the global batch).
+    Batch sizes: ``batch_size`` rows of ``seq_len`` tokens per micro-step over all processes (each of N processes
+    takes batch_size / N of them); one optimizer step sees ``batch_size * grad_accum`` rows. The numbers of a run
+    therefore do not depend on how many processes run it, and a checkpoint moves between world sizes.
     """
 
     # --- model: a preset of xlstm_torch.models.presets (or None) and field overrides / a full field dict
@@ -137,7 +138,7 @@ class TrainConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        """Tokens of one process per optimizer step (multiply by the world size for the global count)."""
+        """Tokens of one optimizer step, over all processes."""
         return self.batch_size * self.grad_accum * self.seq_len
 
 

@@ -105,10 +105,14 @@ class Trainer:
         self.val_data = TokenCache.build(val_docs, self.tokenizer, config.cache_dir)
         if self.dist.is_main:
             D.barrier(self.dist)
-        self.train_batches = PackedBatches(self.train_data, config.seq_len, config.batch_size, seed=config.seed,
+        if config.batch_size % self.dist.world_size:
+            raise RecipeError(f"batch_size={config.batch_size} (rows per micro-step over all processes) must be "
+                              f"divisible by the number of processes ({self.dist.world_size})")
+        rows = config.batch_size // self.dist.world_size  # this process's share of every micro-batch
+        self.train_batches = PackedBatches(self.train_data, config.seq_len, rows, seed=config.seed,
                                            rank=self.dist.rank, world_size=self.dist.world_size,
                                            grad_accum=config.grad_accum)
-        self.val_batches = PackedBatches(self.val_data, config.seq_len, config.batch_size, shuffle=False,
+        self.val_batches = PackedBatches(self.val_data, config.seq_len, rows, shuffle=False,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
 
         torch.manual_seed(config.seed)  # the initial weights: the same on every rank and every resume
