@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import assert_close
+from tests.helpers import assert_close, cat_rows, cu_seqlens_of, document_spans, select_rows
 from tests.ops import test_mlstm, test_slstm
 from xlstm_torch.ops import MLSTMState, SLSTMState, mlstm, slstm
 
@@ -31,28 +31,11 @@ LENGTHS = {
 }
 
 
-def cu_seqlens_of(lengths) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-
-
-def spans(lengths):
-    bounds = cu_seqlens_of(lengths).tolist()
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def rows(state, d):
-    return None if state is None else type(state)(*(x[d : d + 1] for x in state))
-
-
-def cat_rows(states):
-    return type(states[0])(*(torch.cat(xs) for xs in zip(*states)))
-
-
 def each_document_alone(run, sequences, time_dim, lengths, state):
     """The definition of the packed call: ``run(slices, state_row)`` on each document, joined."""
     outputs, finals = [], []
-    for d, (a, b) in enumerate(spans(lengths)):
-        out, final = run([x.narrow(time_dim, a, b - a) for x in sequences], rows(state, d))
+    for d, (a, b) in enumerate(document_spans(lengths)):
+        out, final = run([x.narrow(time_dim, a, b - a) for x in sequences], select_rows(state, d))
         outputs.append(out)
         finals.append(final)
     return torch.cat(outputs, dim=time_dim), cat_rows(finals)
