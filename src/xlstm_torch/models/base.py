@@ -40,7 +40,8 @@ class LanguageModel(nn.Module):
                 ) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    def generate(self, input_ids, max_new_tokens: int, **kwargs):
+        """``xlstm_torch.generation.generate``: input_ids (B, S) or a list of prompts of any lengths."""
         from xlstm_torch.generation import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)
