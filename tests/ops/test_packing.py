@@ -120,6 +120,19 @@ def test_mlstm_packed_float32_within_1e6_of_the_loop(backend):
     compare(packed, mlstm_loop(inputs, lengths, backend, state), MLSTM_GRADS, 1e-6)
 
 
+@pytest.mark.parametrize("backend", MLSTM_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_mlstm_packed_low_precision_against_float64_loop(backend, dtype):
+    """Half-precision inputs: packed outputs, float32 states and gradients within the op's tolerance
+    (tests/ops/test_mlstm.py RTOL) of the float64 reference run document by document."""
+    lengths = LENGTHS["mixed"]
+    inputs = mlstm_inputs(sum(lengths), DK=16, DV=8, dtype=dtype)
+    h, final, grads = mlstm_packed(inputs, lengths, backend)
+    assert h.dtype == dtype and final.C.dtype == torch.float32
+    expected = mlstm_loop([x.detach().double().requires_grad_(True) for x in inputs], lengths, "reference")
+    compare((h, final, grads), expected, MLSTM_GRADS, test_mlstm.RTOL[dtype])
+
+
 @pytest.mark.parametrize("gate_scale", [30.0, 300.0], ids=["gates-x30", "gates-x300"])
 def test_mlstm_chunkwise_packed_wild_gates(gate_scale):
     """Gates swinging by hundreds inside a chunk take the unfactorised path; still exact per document."""
