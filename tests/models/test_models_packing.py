@@ -120,3 +120,21 @@ def test_packed_argument_errors():
         transformer(torch.zeros(1, 5, dtype=torch.long), cache, cu_seqlens=cu_seqlens_of([2, 3]))
     with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
         transformer(torch.zeros(1, 5, dtype=torch.long), cu_seqlens=torch.tensor([1, 5]))
+
+
+@pytest.mark.parametrize("name", [*PRESET_NAMES, "transformer"])
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
+def test_without_state_the_logits_and_gradients_are_the_same(name, packed):
+    """return_state=False (training) skips the final states (and may run packed documents as batch rows)."""
+    model = model_for(name)
+    ids = token_ids(model, LENGTHS)
+    kwargs = {"cu_seqlens": cu_seqlens_of(LENGTHS)} if packed else {}
+    if not packed:
+        ids = ids[:, :60].reshape(2, 30)
+    logits, state = model(ids, **kwargs)
+    logits_only, no_state = model(ids, return_state=False, **kwargs)
+    assert no_state is None
+    assert_close(logits_only, logits, 1e-12, "logits")
+    for (pname, _), a, b in zip(model.named_parameters(), loss_and_grads(model, logits_only, None),
+                                loss_and_grads(model, logits, None)):
+        assert_close(a, b, 1e-10, f"d{pname}", atol=1e-14)

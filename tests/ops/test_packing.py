@@ -254,6 +254,35 @@ def test_slstm_packed_extreme_gates_finite(backend):
         assert torch.isfinite(t).all(), f"{backend}: non-finite {name}"
 
 
+@pytest.mark.parametrize("lengths, batched", [([40, 17, 64, 1, 30, 50, 60], True), ([150, 1, 1, 1], False)],
+                         ids=["documents-as-batch-rows", "too-uneven-runs-packed"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["empty-states", "given-states"])
+def test_slstm_packed_outputs_only_match_the_loop(lengths, batched, with_state, monkeypatch):
+    """Without a final state the recurrent backend may run the documents as padded batch rows (training)."""
+    import xlstm_torch.ops.slstm_cell as cell
+
+    calls = []
+    real = cell._documents_as_batch
+    monkeypatch.setattr(cell, "_documents_as_batch", lambda *a: calls.append(1) or real(*a))
+    inputs = slstm_inputs(sum(lengths), DH=4)
+    state = slstm_state(len(lengths), DH=4) if with_state else None
+    h = slstm(*inputs, state=state, backend="recurrent", cu_seqlens=cu_seqlens_of(lengths))
+    assert bool(calls) == batched
+    wx, r, b = inputs
+    run = lambda xs, st: slstm(xs[0], r, b, state=st, return_state=True, backend="reference")  # noqa: E731
+    h_loop, _ = each_document_alone(run, [wx], 1, lengths, state)
+    leaves = list(inputs) + (list(state) if state is not None else [])
+    weights = torch.cos(torch.arange(h.numel(), dtype=h.dtype)).reshape(h.shape)
+    grads = torch.autograd.grad((h * weights).sum(), leaves, allow_unused=True)
+    grads_loop = torch.autograd.grad((h_loop * weights).sum(), leaves, allow_unused=True)
+    assert_close(h, h_loop, 1e-10, "h")
+    for name, a, e in zip(SLSTM_GRADS, grads, grads_loop):
+        if e is None:  # the initial m does not reach h when the first step's exponent wins
+            assert a is None or not a.abs().max() > 0, name
+            continue
+        assert_close(a if a is not None else torch.zeros_like(e), e, 1e-10, name, atol=1e-13)
+
+
 # --- both cells -------------------------------------------------------------------------------------------------
 
 CELLS = {

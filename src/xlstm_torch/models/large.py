@@ -66,10 +66,10 @@ class XLSTMLargeLanguageModel(LanguageModel):
         self.out_norm.reset_parameters()
         small_init_(self.lm_head.weight, self.config.embedding_dim)
 
-    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, ModelState]:
+    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, ModelState | None]:
         block_states = check_inputs(input_ids, state, len(self.blocks), cu_seqlens)
         x = self.embedding(input_ids)  # (B, S, D)
-        x, state = run_blocks(self.blocks, x, block_states, cu_seqlens)  # (B, S, D)
+        x, state = run_blocks(self.blocks, x, block_states, cu_seqlens, return_state)  # (B, S, D)
         logits = self.lm_head(self.out_norm(x))  # (B, S, V)
         return soft_cap(logits, self.config.output_logit_soft_cap), state

@@ -89,13 +89,15 @@ def check_inputs(input_ids, state, num_blocks: int, cu_seqlens=None) -> tuple:
     return state.blocks
 
 
-def run_blocks(blocks, x: torch.Tensor, block_states, cu_seqlens=None) -> tuple[torch.Tensor, ModelState]:
+def run_blocks(blocks, x: torch.Tensor, block_states, cu_seqlens=None,
+               return_state: bool = True) -> tuple[torch.Tensor, ModelState | None]:
     """Run the residual blocks in order, each with its own state. x: (B, S, D) -> (B, S, D), ModelState.
 
     cu_seqlens: packed documents (B == 1): every block keeps them apart; state rows are documents.
+    return_state=False: no final states are computed (a training step needs none); None in their place.
     """
     new_states = []
     for block, block_state in zip(blocks, block_states):
-        x, block_state = block(x, block_state, cu_seqlens)  # (B, S, D)
+        x, block_state = block(x, block_state, cu_seqlens, return_state=return_state)  # (B, S, D)
         new_states.append(block_state)
-    return x, ModelState(tuple(new_states))
+    return x, ModelState(tuple(new_states)) if return_state else None

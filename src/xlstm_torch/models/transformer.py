@@ -300,12 +300,14 @@ class Transformer(LanguageModel):
                 nn.init.normal_(param, std=std)
 
     def forward(
-        self, input_ids: torch.Tensor, state: TransformerState | None = None, cu_seqlens: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, state: TransformerState | None = None, cu_seqlens: torch.Tensor | None = None,
+        *, return_state: bool = True,
     ) -> tuple[torch.Tensor, TransformerState | None]:
         """input_ids (B, S) integer -> logits (B, S, V) and the cache holding T + S tokens.
 
         With ``cu_seqlens`` (documents packed in input_ids (1, S); module docstring): logits only,
-        the state returned is None and none may be passed.
+        the state returned is None and none may be passed. return_state=False: None for the state too
+        (the same surface as the xLSTM models; the cache is built either way).
         """
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must be an int64 (or int32) tensor, got "
@@ -330,4 +332,4 @@ class Transformer(LanguageModel):
             x, cache = block(x, None if state is None else state.blocks[i], cu_seqlens)
             caches.append(cache)
         logits = self.lm_head(self.out_norm(x))  # (B, S, V)
-        return logits, (None if cu_seqlens is not None else TransformerState(tuple(caches)))
+        return logits, (None if cu_seqlens is not None or not return_state else TransformerState(tuple(caches)))

@@ -29,21 +29,23 @@ from .state import LayerState
 
 
 def multihead_mlstm(q, k, v, i, f, state: ops.MLSTMState | None, *, chunk_size: int | None, eps: float = 1e-6,
-                    cu_seqlens: torch.Tensor | None = None):
+                    cu_seqlens: torch.Tensor | None = None, return_state: bool = True):
     """Run the mLSTM cell on head-split inputs in the layers' (B, S, NH, ...) layout.
 
     q, k: (B, S, NH, DK); v: (B, S, NH, DV); i, f: (B, S, NH) gate pre-activations.
     Returns h (B, S, NH, DV) in v's dtype and the final MLSTMState.
     One-token calls take ``ops.mlstm_step`` directly: the decoding step is O(1) in the context length.
     cu_seqlens: packed documents (B == 1), as in ``ops.mlstm``: state rows are documents.
+    return_state=False: the final state is not computed (training); None in its place.
     """
     if q.shape[1] == 1 and cu_seqlens is None:
         sdtype = state_dtype(q.dtype)  # the op contract: cell arithmetic in float32 (float64 for float64)
         h, state = ops.mlstm_step(*(x[:, 0].to(sdtype) for x in (q, k, v, i, f)), state, eps)  # h (B, NH, DV)
         return h.to(v.dtype)[:, None], state  # (B, 1, NH, DV)
-    h, state = ops.mlstm(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), i.transpose(1, 2),
-                         f.transpose(1, 2), state=state, return_state=True, chunk_size=chunk_size, eps=eps,
-                         cu_seqlens=cu_seqlens)
+    out = ops.mlstm(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), i.transpose(1, 2),
+                    f.transpose(1, 2), state=state, return_state=return_state, chunk_size=chunk_size, eps=eps,
+                    cu_seqlens=cu_seqlens)
+    h, state = out if return_state else (out, None)
     return h.transpose(1, 2), state  # (B, S, NH, DV)
 
 
@@ -102,8 +104,8 @@ class MLSTMLayer(nn.Module):
         self.multihead_norm.reset_parameters()
         self.learnable_skip.fill_(1.0)
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
         B, S, _ = x.shape
         NH, DH = self.num_heads, self.head_dim
         conv_state, cell_state = (None, None) if state is None else state
@@ -114,11 +116,12 @@ class MLSTMLayer(nn.Module):
         gate_input = torch.cat([q, k, v], dim=-1)  # (B, S, 3 Di)
         i, f = self.igate_preact(gate_input), self.fgate_preact(gate_input)  # (B, S, NH)
         h, cell_state = multihead_mlstm(q.view(B, S, NH, DH), k.view(B, S, NH, DH), v.view(B, S, NH, DH), i, f,
-                                        cell_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens)  # (B, S, NH, DH)
+                                        cell_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
+                                        return_state=return_state)  # (B, S, NH, DH)
         h = self.multihead_norm(h).reshape(B, S, -1)  # (B, S, Di)
         h = (h + self.learnable_skip * x_conv) * F.silu(z)
         y = self.dropout(self.proj_down(h))  # (B, S, D)
-        return y, LayerState(conv_state, cell_state)
+        return y, LayerState(conv_state, cell_state) if return_state else None
 
 
 class MLSTMBlock(nn.Module):
@@ -136,7 +139,7 @@ class MLSTMBlock(nn.Module):
         self.norm_mlstm.reset_parameters()
         self.mlstm_layer.reset_parameters()
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
-        y, state = self.mlstm_layer(self.norm_mlstm(x), state, cu_seqlens)
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, cu_seqlens, return_state=return_state)
         return x + y, state

@@ -216,9 +216,10 @@ class Trainer:
         B, S = input_ids.shape
         with self._autocast():
             if self._packed:  # rows back to back as one sequence; every row and document starts from empty state
-                logits, _ = model(input_ids.reshape(1, B * S), cu_seqlens=batch.cu_seqlens().to(self.device))
+                logits, _ = model(input_ids.reshape(1, B * S), cu_seqlens=batch.cu_seqlens().to(self.device),
+                                  return_state=False)
             else:
-                logits, _ = model(input_ids)
+                logits, _ = model(input_ids, return_state=False)
         logits = logits.reshape(B * S, -1).float()
         loss_sum = F.cross_entropy(logits, labels.reshape(-1), ignore_index=-100, reduction="sum")
         return loss_sum, (labels != -100).sum()

@@ -56,9 +56,35 @@ def slstm(wx, r, b, *, state=None, return_state: bool = False, backend: str | No
         state = check_state("state", state, {"h": shape, "c": shape, "n": shape, "m": shape}, device)
         state = SLSTMState(*(x.to(sdtype) for x in state))
     name = backend or select_backend(device)
+    if cu_seqlens is not None and not return_state and name == "recurrent" and _pads_cheaply(cu_seqlens):
+        h = _documents_as_batch(BACKENDS[name], wx.to(sdtype), r.to(sdtype), b.to(sdtype), state, cu_seqlens)
+        return h.to(dtype)
     h, final = BACKENDS[name](wx.to(sdtype), r.to(sdtype), b.to(sdtype), state, cu_seqlens=cu_seqlens)
     h = h.to(dtype)
     return (h, final) if return_state else h
+
+
+def _pads_cheaply(cu_seqlens: tuple[int, ...]) -> bool:
+    """Documents as rows of a batch cost D x (longest) steps: worth it when that is at most twice the tokens."""
+    lengths = [b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])]
+    return len(lengths) > 1 and len(lengths) * max(lengths) <= 2 * cu_seqlens[-1]
+
+
+def _documents_as_batch(backend, wx, r, b, state, cu_seqlens):
+    """Packed documents run as the rows of one batch, right-padded to the longest (training: no final state).
+
+    The recurrence is strictly sequential, so one packed row of D documents costs S steps at batch 1; as D rows
+    it costs max(l_d) steps at batch D, which is what a training batch of rows split at document starts needs.
+    Exact: each row starts from its own initial state, and the padding comes after a document's last token, so
+    it reaches neither its outputs (causal) nor, since those padded outputs are dropped, its gradients.
+    """
+    starts = torch.tensor(cu_seqlens[:-1], device=wx.device)
+    lengths = torch.tensor(cu_seqlens[1:], device=wx.device) - starts
+    steps = torch.arange(int(lengths.max()), device=wx.device)
+    valid = steps[None, :] < lengths[:, None]  # (D, L)
+    index = torch.where(valid, starts[:, None] + steps[None, :], 0)  # (D, L): padding reads token 0 (finite)
+    h, _ = backend(wx[0][index], r, b, state)  # (D, L, NH, DH)
+    return h[valid].unsqueeze(0)  # (1, S, NH, DH): documents back to back, as packed
 
 
 __all__ = ["slstm", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference", "slstm_recurrent"]
