@@ -12,7 +12,7 @@ import sys
 
 import xlstm_torch
 
-_SUBCOMMAND_MODULES = ["xlstm_torch.demo", "xlstm_torch.generate_cli"]
+_SUBCOMMAND_MODULES = ["xlstm_torch.demo", "xlstm_torch.generate_cli", "xlstm_torch.training.tokenizer_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

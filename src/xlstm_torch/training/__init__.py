@@ -1,0 +1,1 @@
+"""Training: data, trainer, checkpoints, distributed runs and the ``xlstm train`` command."""
