@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -199,3 +203,37 @@ def test_embedded_corpus_tokenises_into_a_cache_quickly(tmp_path):
     assert len(train) + len(val) == train.num_bytes + val.num_bytes == total > 2e6
     assert 0.01 < len(val) / total < 0.15
     assert TokenCache.build(train_docs, ByteTokenizer(), tmp_path).path == train.path
+
+
+def test_a_build_killed_mid_write_leaves_no_cache_under_the_key(tmp_path):
+    """SIGKILL between the two arrays: the key folder never appears, and the next build is complete."""
+    script = (
+        "import os, signal, sys\n"
+        "import numpy as np\n"
+        "from xlstm_torch.tokenizers import ByteTokenizer\n"
+        "from xlstm_torch.training.data import Document, TokenCache\n"
+        "real_save = np.save\n"
+        "def save_then_die(file, arr):\n"
+        "    real_save(file, arr)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "np.save = save_then_die\n"
+        "TokenCache.build([Document('a', 'hello'), Document('b', 'world')], ByteTokenizer(), sys.argv[1])\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    key = TokenCache.key([Document("a", "hello"), Document("b", "world")], ByteTokenizer())
+    left = [p.name for p in tmp_path.iterdir()]
+    assert key not in left and all(name.startswith(".tmp-") for name in left) and left  # only the hidden temp
+    data = TokenCache.build([Document("a", "hello"), Document("b", "world")], ByteTokenizer(), tmp_path)
+    assert data.path.name == key and bytes(data.tokens.tolist()) == b"helloworld"
+
+
+def test_a_cache_finished_first_by_another_process_is_kept(tmp_path):
+    """Ranks of a distributed run may build the same cache at once: the first rename wins, others agree."""
+    first = TokenCache.build(DOCS, ByteTokenizer(), tmp_path)
+    before = (first.path / "meta.json").stat().st_mtime_ns
+    tokens, offsets, _ = cache_module._tokenise(DOCS, ByteTokenizer(), 256)
+    cache_module._write_atomically(first.path, tokens, offsets, {"format": -1})  # loses the race to `first`
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # its temporary folder is gone
+    assert (first.path / "meta.json").stat().st_mtime_ns == before  # the winner's files are untouched
+    assert len(TokenCache.build(DOCS, ByteTokenizer(), tmp_path)) == 19

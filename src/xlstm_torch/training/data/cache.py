@@ -133,6 +133,7 @@ class TokenCache:
             except (OSError, ValueError, KeyError) as err:
                 warnings.warn(f"token cache {str(final)!r} is damaged ({err}); building it again", DataWarning,
                               stacklevel=2)
+                shutil.rmtree(final, ignore_errors=True)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -150,7 +151,7 @@ def _tokenise(docs: list[Document], tokenizer, vocab_size: int) -> tuple[np.ndar
     dtype = _token_dtype(vocab_size)
     encoded = [doc.text.encode("utf-8") for doc in docs]
     num_bytes = sum(len(b) for b in encoded)
-    if isinstance(tokenizer, ByteTokenizer):
+    if type(tokenizer) is ByteTokenizer:  # not a subclass: one that overrides encode takes the general path
         # Fast path: the ids are the bytes themselves; one join and one view, no Python list per token.
         lengths = [len(b) for b in encoded]
         tokens = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(dtype)  # (N,)
@@ -181,8 +182,6 @@ def _write_atomically(final: Path, tokens: np.ndarray, offsets: np.ndarray, meta
         np.save(tmp / "tokens.npy", tokens)
         np.save(tmp / "doc_offsets.npy", offsets)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if final.exists():  # a damaged cache found above: set it aside, then take its place
-            shutil.rmtree(final)
         try:
             os.replace(tmp, final)
         except OSError:
