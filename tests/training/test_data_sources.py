@@ -205,6 +205,9 @@ def test_hf_dataset_rows_are_documents(tmp_path):
     both.save_to_disk(str(tmp_path / "dd"))
     assert [d.source for d in docs_of([tmp_path / "dd"])] == [f"{tmp_path}/dd/train:0", f"{tmp_path}/dd/train:1",
                                                               f"{tmp_path}/dd/validation:0"]
+    # Inside a larger folder a saved dataset is still read as rows, not as its arrow and json files.
+    (tmp_path / "notes.txt").write_text("notes\n")
+    assert [d.text for d in docs_of([tmp_path])] == ["t0", "t1", "v", "alpha", "gamma", "notes\n"]  # dd < ds
 
 
 def test_damaged_hf_dataset_is_an_error(tmp_path):

@@ -91,8 +91,8 @@ def iter_documents(paths: Iterable[str | os.PathLike] | str | os.PathLike | None
       * a ``.jsonl`` / ``.jsonl.gz`` file: one document per non-blank line, the string in ``text_field``;
       * a folder saved by Hugging Face ``datasets`` (``save_to_disk``): one document per row, read
         offline with ``datasets.load_from_disk`` (every split of a ``DatasetDict``, in name order);
-      * any other folder: its files recursively in sorted order, read as above, hidden files and
-        folders skipped, binary or non-UTF-8 files skipped with a ``DataWarning``.
+      * any other folder: its files (and saved datasets) recursively in order of relative path, read
+        as above, hidden files and folders skipped, binary or non-UTF-8 files skipped with a ``DataWarning``.
 
     Empty documents are dropped. Raises ``DataError`` for a missing path, an empty file or folder, a
     binary or unreadable file named explicitly, a bad JSONL line (named ``file:line``), and when no
@@ -203,13 +203,20 @@ def _jsonl_documents(path: Path, text_field: str, explicit: bool) -> Iterator[Do
 
 
 def _folder_documents(folder: Path, text_field: str) -> Iterator[Document]:
-    files = []
+    entries = []  # files, and saved datasets met inside the tree (read as datasets, not as their arrow files)
     for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        if here != folder and _is_hf_dataset(here):
+            entries.append(here)
+            dirnames[:] = []
+            continue
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden folders
-        files.extend(Path(dirpath) / name for name in filenames if not name.startswith("."))
+        entries.extend(here / name for name in filenames if not name.startswith("."))
     # One order for the whole tree, by relative path, whatever order the file system lists in.
-    for path in sorted(files, key=lambda p: p.relative_to(folder).parts):
-        if path.is_file():
+    for path in sorted(entries, key=lambda p: p.relative_to(folder).parts):
+        if path.is_dir():
+            yield from _dataset_documents(path, text_field)
+        elif path.is_file():
             yield from _file_documents(path, text_field, explicit=False)
 
 
