@@ -1,1 +1,1 @@
-"""Training: data, trainer, checkpoints, distributed runs and the ``xlstm train`` command."""
+"""Training xLSTM language models: data, recipes, the trainer, checkpoints and distributed runs."""
