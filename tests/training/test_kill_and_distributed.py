@@ -38,32 +38,36 @@ def _run(cmd):
 
 def _rows(run_dir, column="loss"):
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [float(r[column]) for r in csv.DictReader(f)]
+        return [float(r[column]) for r in csv.DictReader(f) if r[column]]
 
 
 def test_killed_at_random_moments_and_resumed_ends_bit_identical(corpus, tmp_path):
     shape = ["max_steps=60", "save_every=3", "seq_len=64", "batch_size=8", "eval_every=30"]
     _run(_cmd(corpus, tmp_path, "straight", *shape))
     rng = random.Random(1234)
-    kills, finished, attempt = 0, False, 0
-    while not finished and attempt < 30:
+    targets = sorted(rng.sample(range(2, 58), 5))  # kill once the run has logged these steps (+ a random delay)
+    metrics = tmp_path / "killed" / "metrics.csv"
+    kills = 0
+    for target in targets + [None]:
         resume = (tmp_path / "killed" / "train_config.json").is_file()
         proc = subprocess.Popen(_cmd(corpus, tmp_path, "killed", *shape, resume=resume), env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            proc.wait(timeout=rng.uniform(1.5, 5.0))
-            finished = True
-            assert proc.returncode == 0, proc.stderr.read()[-3000:]
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            for ckpt in list_checkpoints(tmp_path / "killed"):  # every checkpoint left behind is whole
-                load_checkpoint(ckpt)
-            if (tmp_path / "killed" / "model.safetensors").is_file():
-                xlstm_torch.load_pretrained(tmp_path / "killed")
-        attempt += 1
-    assert finished and kills >= 5, f"{kills} kills, finished={finished}"
+        if target is None:  # the last start runs to the end
+            assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+            break
+        while proc.poll() is None and not (metrics.is_file() and len(metrics.read_text().splitlines()) > target):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.2))  # anywhere in the next step, evaluation or save
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        for ckpt in list_checkpoints(tmp_path / "killed"):  # every checkpoint left behind is whole
+            load_checkpoint(ckpt)
+            xlstm_torch.load_pretrained(ckpt)
+        if (tmp_path / "killed" / "model.safetensors").is_file():  # and so are the published weights
+            xlstm_torch.load_pretrained(tmp_path / "killed")
+    assert kills == 5
     assert _rows(tmp_path / "killed") == _rows(tmp_path / "straight")
     assert (tmp_path / "killed" / "model.safetensors").read_bytes() == \
         (tmp_path / "straight" / "model.safetensors").read_bytes()
@@ -79,10 +83,9 @@ def test_two_processes_match_one_and_checkpoints_move_between_world_sizes(corpus
     assert max(abs(a - b) / abs(a) for a, b in zip(one, two)) < 1e-5
     val_one, val_two = _rows(tmp_path / "one", "val_loss"), _rows(tmp_path / "two", "val_loss")
     assert max(abs(a - b) / abs(a) for a, b in zip(val_one, val_two)) < 1e-5
-    # 2 -> 1: the 2-process run's checkpoint continues on 1 process; 1 -> 2: and back
+    # 2 -> 1 and 1 -> 2: each run's checkpoint continues on the other world size, and they still agree
     _run(_cmd(corpus, tmp_path, "two", "max_steps=16", resume=True))
-    _run(_cmd(corpus, tmp_path, "two", f"distributed={strategy}", "max_steps=20", resume=True, nproc=2))
-    _run(_cmd(corpus, tmp_path, "one", "max_steps=20", resume=True))
+    _run(_cmd(corpus, tmp_path, "one", f"distributed={strategy}", "max_steps=16", resume=True, nproc=2))
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
-    assert len(one) == len(two) == 20
-    assert max(abs(a - b) / abs(a) for a, b in zip(one, two)) < 1e-4
+    assert len(one) == len(two) == 16
+    assert max(abs(a - b) / abs(a) for a, b in zip(one, two)) < 1e-5

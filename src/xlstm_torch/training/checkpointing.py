@@ -34,7 +34,7 @@ import torch
 from xlstm_torch.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
 __all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "list_checkpoints",
-           "atomic_write_text", "atomic_write_bytes", "OPTIMIZER_NAME", "STATE_NAME"]
+           "atomic_write_text", "atomic_write_bytes", "publish_weights", "OPTIMIZER_NAME", "STATE_NAME"]
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "trainer_state.json"
@@ -142,14 +142,20 @@ def save_checkpoint(run_dir: Path, step: int, *, model_config: dict, model_state
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    publish_weights(run_dir, final)
     atomic_write_text(root / "latest", final.name + "\n")
-    # The newest weights, loadable by load_pretrained / `xlstm generate OUT` (each file replaced atomically).
-    atomic_write_text(Path(run_dir) / CONFIG_NAME, config_text)
-    atomic_write_bytes(Path(run_dir) / WEIGHTS_NAME, (final / WEIGHTS_NAME).read_bytes())
     for old in list_checkpoints(run_dir)[:-keep_last]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def publish_weights(run_dir: Path, checkpoint: Path) -> None:
+    """Copy a checkpoint's weights to ``run_dir/{config.json, model.safetensors}``, where load_pretrained and
+    ``xlstm generate OUT`` find them (each file replaced atomically; a resumed run publishes again, so a kill
+    between a checkpoint and its publication is repaired)."""
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        atomic_write_bytes(Path(run_dir) / name, (Path(checkpoint) / name).read_bytes())
 
 
 # --- finding and loading -----------------------------------------------------------------------------------------

@@ -32,11 +32,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xlstm_torch.checkpoint import _alias_names, load_pretrained
+from xlstm_torch.checkpoint import CONFIG_NAME, _alias_names, load_pretrained
 from xlstm_torch.models.presets import build_model
 
 from . import distributed as D
-from .checkpointing import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, atomic_write_text
+from .checkpointing import (CheckpointError, atomic_write_text, latest_checkpoint, load_checkpoint, publish_weights,
+                            save_checkpoint)
 from .config import RecipeError, TrainConfig, build_model_config
 from .optim import build_optimizer, lr_at
 from .reporting import PLOT_NAME, MetricsLog, ProgressBar, plot_losses
@@ -134,6 +135,8 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / TRAIN_CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.out_dir / CONFIG_NAME, json.dumps(self.model_config_dict, indent=2, sort_keys=True)
+                              + "\n")
             tokenizer_file = getattr(self.tokenizer, "path", None)
             if tokenizer_file is not None:  # `xlstm generate OUT` then decodes with the same tokenizer
                 from xlstm_torch.tokenizers import TOKENIZER_NAME
@@ -189,6 +192,8 @@ class Trainer:
             weights[alias] = weights[name]
         set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=optim_state,
                        options=StateDictOptions(full_state_dict=True))
+        if self.dist.is_main:
+            publish_weights(self.out_dir, ckpt)
         self.start_step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.skipped = state.get("skipped_steps", 0)
