@@ -8,9 +8,7 @@ The result is one ``tokenizer.json``, usable as ``build_tokenizer(DIR)`` or next
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,21 +34,8 @@ def train_bpe(texts, vocab_size: int, *, min_frequency: int = 2, num_texts: int 
     return tokenizer
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_train(args) -> int:
+    from xlstm_torch.training.checkpointing import atomic_write_text
     from xlstm_torch.training.data import DataError, iter_documents
 
     out = Path(args.out)
@@ -67,7 +52,7 @@ def run_train(args) -> int:
         tokenizer = train_bpe((d.text for d in docs), args.vocab_size, min_frequency=args.min_frequency,
                               num_texts=len(docs))
         out.mkdir(parents=True, exist_ok=True)
-        write_atomically(target, tokenizer.to_str())
+        atomic_write_text(target, tokenizer.to_str())
     except (DataError, ValueError, TypeError, ImportError, OSError) as err:
         print(f"xlstm tokenizer train: error: {err}", file=sys.stderr)
         return 2
