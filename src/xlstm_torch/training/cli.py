@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,13 +27,27 @@ def build_config(args):
         overrides.append("data=" + json.dumps(args.data))
     if args.max_steps is not None:
         overrides.append(f"max_steps={args.max_steps}")
-    saved = Path(args.out) / TRAIN_CONFIG_NAME
-    if args.resume and args.preset is None and args.config is None and saved.is_file():
+    saved = Path(args.out) / TRAIN_CONFIG_NAME if args.out else None
+    if args.resume and args.preset is None and args.config is None and saved is not None and saved.is_file():
         # Resume from the recipe the run was started with; the overrides may change what RESUMABLE_CHANGES allows.
         base = TrainConfig.from_dict(json.loads(saved.read_text()), source=str(saved))
         return load_recipe(base=base.to_dict(), overrides=overrides)
     preset = args.preset if args.preset is not None or args.config is not None else DEFAULT_PRESET
     return load_recipe(preset=preset if args.config is None else None, config_file=args.config, overrides=overrides)
+
+
+def default_out(args) -> Path:
+    """``runs/<recipe>-<n>``: a new folder (the first free n), or with --resume the newest existing one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own "first free" folder
+        raise FileNotFoundError("under torchrun give --out (every process must name the same folder)")
+    name = Path(args.config).stem if args.config else (args.preset or DEFAULT_PRESET)
+    taken = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in Path("runs").glob(f"{name}-*")
+                   if p.name.rsplit("-", 1)[1].isdigit())
+    if args.resume:
+        if not taken:
+            raise FileNotFoundError(f"--resume: no run folder runs/{name}-N to resume; give --out")
+        return taken[-1][1]
+    return Path("runs") / f"{name}-{taken[-1][0] + 1 if taken else 1}"
 
 
 def run(args) -> int:
@@ -46,6 +61,8 @@ def run(args) -> int:
         return 0
     trainer = None
     try:
+        if args.out is None:
+            args.out = str(default_out(args))
         config = build_config(args)
         trainer = Trainer(config, args.out, resume=args.resume)
         if trainer.dist.is_main:
@@ -80,7 +97,7 @@ def register(sub) -> None:
     source.add_argument("--config", help="a YAML recipe file")
     p.add_argument("--data", nargs="+", metavar="PATH",
                    help="text files/folders, .jsonl files, or saved HF datasets (default: the embedded corpus)")
-    p.add_argument("--out", default="runs/default", help="the run folder (default: runs/default)")
+    p.add_argument("--out", help="the run folder (default: a new runs/<recipe>-<n>; with --resume the newest one)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides the recipe)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--list", action="store_true", help="list the shipped recipes and exit")
