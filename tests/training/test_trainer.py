@@ -121,3 +121,26 @@ def test_resuming_with_more_steps_extends_a_finished_run(corpus, tmp_path):
     _train(corpus, tmp_path, max_steps=4)
     trainer, result = _train(corpus, tmp_path, resume=True, max_steps=8)
     assert trainer.start_step == 4 and [int(r[0]) for r in _losses(tmp_path / "run")] == list(range(1, 9))
+
+
+def test_packed_training_loss_equals_each_document_piece_alone(corpus, tmp_path):
+    config = load_recipe(preset="debug", overrides=fast_overrides(corpus, tmp_path / "cache", packing="reset",
+                                                                  seq_len=64, batch_size=6))
+    trainer = Trainer(config, tmp_path / "run", stream=io.StringIO())
+    batch = next(b for b in (trainer.train_batches.batch(s) for s in range(50)) if b.doc_starts[:, 1:].any())
+    with torch.no_grad():
+        loss_sum, count = trainer._loss_sum(trainer.model, batch)
+        expected, n = 0.0, 0
+        for row in range(batch.input_ids.shape[0]):
+            cuts = [0, *torch.nonzero(batch.doc_starts[row, 1:]).flatten().add(1).tolist(), batch.input_ids.shape[1]]
+            for a, b in zip(cuts[:-1], cuts[1:]):  # every document piece from an empty state
+                logits, _ = trainer.model(batch.input_ids[row:row + 1, a:b])
+                labels = batch.labels[row, a:b]
+                expected += torch.nn.functional.cross_entropy(logits[0].float(), labels, ignore_index=-100,
+                                                              reduction="sum").item()
+                n += int((labels != -100).sum())
+    assert int(count) == n
+    assert loss_sum.item() == pytest.approx(expected, rel=1e-5)
+    trainer.close()
+    _, result = _train(corpus, tmp_path, out="packed", packing="reset")
+    assert result.val_loss is not None and result.train_loss < 6

@@ -113,7 +113,7 @@ class Trainer:
         self.train_batches = PackedBatches(self.train_data, config.seq_len, rows, seed=config.seed,
                                            rank=self.dist.rank, world_size=self.dist.world_size,
                                            grad_accum=config.grad_accum)
-        self.val_batches = PackedBatches(self.val_data, config.seq_len, rows, shuffle=False,
+        self.val_batches = PackedBatches(self.val_data, config.seq_len, rows, shuffle=False, split="validation",
                                          rank=self.dist.rank, world_size=self.dist.world_size)
 
         torch.manual_seed(config.seed)  # the initial weights: the same on every rank and every resume
