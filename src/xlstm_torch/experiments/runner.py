@@ -1,0 +1,179 @@
+"""Training and evaluation of the answer-position tasks (formal languages, MQAR) in one loop.
+
+Protocol (xLSTM paper Sec. 4.1 / App. of the formal-language experiments): AdamW (lr 1e-3, weight decay 0.1,
+norms, biases and embeddings undecayed), linear warm-up then cosine (``training.optim``), gradient clipping at
+norm 1; loss and accuracy at the scored positions only (``targets != IGNORE``), prediction = argmax over the
+task's answer classes. Every ``eval_every`` steps the accuracy on a fixed validation set drawn like the training
+data is measured; the weights with the best validation accuracy are kept and training stops early once it
+reaches ``stop_accuracy`` (the task is solved in distribution) — test results are those of the kept weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from xlstm_torch.training.optim import build_optimizer, lr_at
+
+from .tasks import IGNORE, MQARTask, batch_generator, get_task, rescaled
+from .zoo import build_matched, count_parameters
+
+__all__ = ["OptimSettings", "fit", "run_formal", "run_mqar", "TEST_LENGTHS", "write_json"]
+
+# Test lengths of the length-generalisation protocol: 40..256 on a grid (evaluating all 217 lengths would
+# cost as much as training on this CPU); the rescaled accuracy averages those above 40.
+TEST_LENGTHS = (40, 48, 64, 80, 96, 128, 160, 192, 224, 256)
+
+
+@dataclass
+class OptimSettings:
+    """The fields ``training.optim.build_optimizer`` reads, with the formal-language values of the paper."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.99
+    adam_eps: float = 1e-8
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+def _scored(model, inputs, targets, num_classes):
+    """Logits (N, C) at the scored positions and their targets (N,)."""
+    logits, _ = model(inputs, return_state=False)  # (B, S, V)
+    mask = targets != IGNORE
+    return logits[mask][:, :num_classes].float(), targets[mask]
+
+
+@torch.no_grad()
+def accuracy(model, batches, num_classes) -> float:
+    model.eval()
+    right = total = 0
+    for inputs, targets in batches:
+        logits, answers = _scored(model, inputs, targets, num_classes)
+        right += int((logits.argmax(-1) == answers).sum())
+        total += answers.numel()
+    model.train()
+    return right / max(total, 1)
+
+
+def fit(model, sample: Callable[[int], tuple], val_batches: list, num_classes: int, *, steps: int,
+        settings: OptimSettings, eval_every: int, stop_accuracy: float = 1.0, log=None) -> dict:
+    """Train ``model`` on ``sample(step) -> (inputs, targets)``; returns the history and restores the weights of
+    the best validation accuracy."""
+    optimizer = build_optimizer(model, settings)
+    warmup = max(1, int(settings.warmup_fraction * steps))
+    best, best_state, history, step = -1.0, None, [], 0
+    start = time.time()
+    model.train()
+    for step in range(1, steps + 1):
+        lr = lr_at(step - 1, lr=settings.lr, warmup_steps=warmup, max_steps=steps, min_lr_ratio=settings.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits, answers = _scored(model, *sample(step - 1), num_classes)
+        loss = F.cross_entropy(logits, answers)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step}: non-finite loss {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        if step % eval_every == 0 or step == steps:
+            val = accuracy(model, val_batches, num_classes)
+            history.append({"step": step, "loss": round(loss.item(), 5), "val_accuracy": val,
+                            "seconds": round(time.time() - start, 1)})
+            if log:
+                log(f"step {step:6d}  loss {loss.item():.4f}  val acc {val:.4f}  {time.time() - start:.0f}s")
+            if val > best:
+                best, best_state = val, copy.deepcopy(model.state_dict())
+            if val >= stop_accuracy:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"steps_run": step, "best_val_accuracy": best, "history": history, "train_seconds": time.time() - start}
+
+
+def run_formal(task_name: str, model_name: str, *, steps: int = 3000, seed: int = 0, batch_size: int = 64,
+               width: int = 64, budget: int | None = None, num_blocks: int = 2, num_heads: int = 4,
+               slstm_num_heads: int = 4, train_lengths: tuple[int, int] = (3, 40),
+               test_lengths: tuple[int, ...] = TEST_LENGTHS, test_examples: int = 256, eval_every: int = 250,
+               settings: OptimSettings | None = None, log=None) -> dict:
+    """One formal-language run: train on lengths ``train_lengths`` (inclusive, one length per batch), test on
+    ``test_lengths``. Every model has (about) the parameter count of xLSTM[1:1] at ``width`` unless ``budget``
+    is given."""
+    task = get_task(task_name)
+    settings = settings or OptimSettings()
+    kwargs = dict(num_blocks=num_blocks, num_heads=num_heads, slstm_num_heads=slstm_num_heads)
+    torch.manual_seed(seed)
+    if budget is None:
+        from .zoo import build
+
+        budget = count_parameters(build("xlstm-1:1", task.vocab_size, width, **kwargs))
+    model, model_width = build_matched(model_name, task.vocab_size, budget, **kwargs)
+    lo, hi = train_lengths
+
+    def sample(step: int, stream: int = 0):
+        g = batch_generator(seed, stream, step)
+        length = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        return task.sample(g, batch_size, length)
+
+    val_batches = [sample(j, stream=1) for j in range(8)]
+    result = fit(model, sample, val_batches, task.num_classes, steps=steps, settings=settings,
+                 eval_every=eval_every, stop_accuracy=1.0, log=log)
+    by_length = {}
+    for length in test_lengths:
+        per_batch = 64 if length <= 128 else 32
+        batches = [task.sample(batch_generator(seed, 2 + length, j), per_batch, length)
+                   for j in range(math.ceil(test_examples / per_batch))]
+        by_length[length] = accuracy(model, batches, task.num_classes)
+    scored = [rescaled(acc, task.chance(n)) for n, acc in by_length.items() if n > hi]
+    return {"task": task_name, "model": model_name, "seed": seed, "parameters": count_parameters(model),
+            "width": model_width, "num_blocks": num_blocks, "batch_size": batch_size, "steps": steps,
+            "train_lengths": list(train_lengths), "accuracy_by_length": by_length,
+            "rescaled_by_length": {n: rescaled(a, task.chance(n)) for n, a in by_length.items()},
+            "rescaled_accuracy": sum(scored) / len(scored), "optim": asdict(settings), **result}
+
+
+def run_mqar(model_name: str, *, seq_len: int = 64, num_pairs: int = 4, width: int = 64, steps: int = 2000,
+             seed: int = 0, batch_size: int = 64, vocab_size: int = 8192, num_blocks: int = 2, num_heads: int = 4,
+             slstm_num_heads: int = 4, test_examples: int = 512, eval_every: int = 250,
+             settings: OptimSettings | None = None, log=None) -> dict:
+    """One MQAR run at model width ``width`` (Zoology compares models at equal width), fresh training data every
+    step (no fixed 100k-example training set), ``test_examples`` held-out examples."""
+    task = MQARTask(seq_len, num_pairs, vocab_size)
+    settings = settings or OptimSettings()
+    torch.manual_seed(seed)
+    from .zoo import build
+
+    model = build(model_name, vocab_size, width, num_blocks=num_blocks, num_heads=num_heads,
+                  slstm_num_heads=slstm_num_heads, context_length=max(seq_len, 64))
+
+    def sample(step: int, stream: int = 0):
+        return task.sample(batch_generator(seed, stream, step), batch_size)
+
+    val_batches = [sample(j, stream=1) for j in range(2)]
+    result = fit(model, sample, val_batches, task.num_classes, steps=steps, settings=settings,
+                 eval_every=eval_every, stop_accuracy=1.0, log=log)
+    tests = [task.sample(batch_generator(seed, 2, j), 64) for j in range(math.ceil(test_examples / 64))]
+    return {"task": "mqar", "model": model_name, "seed": seed, "seq_len": seq_len, "num_pairs": num_pairs,
+            "width": width, "parameters": count_parameters(model), "vocab_size": vocab_size, "steps": steps,
+            "batch_size": batch_size, "accuracy": accuracy(model, tests, task.num_classes),
+            "optim": asdict(settings), **result}
+
+
+def write_json(result: dict, out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
