@@ -13,7 +13,7 @@ import sys
 import xlstm_torch
 
 _SUBCOMMAND_MODULES = ["xlstm_torch.training.cli", "xlstm_torch.training.tokenizer_cli", "xlstm_torch.generate_cli",
-                       "xlstm_torch.demo"]
+                       "xlstm_torch.demo", "xlstm_torch.experiments.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

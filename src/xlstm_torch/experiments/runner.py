@@ -107,9 +107,10 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 3000, seed: int 
                width: int = 64, budget: int | None = None, num_blocks: int = 2, num_heads: int = 4,
                slstm_num_heads: int = 4, train_lengths: tuple[int, int] = (3, 40),
                test_lengths: tuple[int, ...] = TEST_LENGTHS, test_examples: int = 256, eval_every: int = 250,
-               settings: OptimSettings | None = None, log=None) -> dict:
+               curriculum: float = 0.0, settings: OptimSettings | None = None, log=None) -> dict:
     """One formal-language run: train on lengths ``train_lengths`` (inclusive, one length per batch), test on
-    ``test_lengths``. Every model has (about) the parameter count of xLSTM[1:1] at ``width`` unless ``budget``
+    ``test_lengths``. ``curriculum`` > 0: the longest training length grows linearly from lo + 2 to hi over
+    that fraction of the steps (uniform over all of lo..hi afterwards); 0: uniform from the start. Every model has (about) the parameter count of xLSTM[1:1] at ``width`` unless ``budget``
     is given."""
     task = get_task(task_name)
     settings = settings or OptimSettings()
@@ -124,7 +125,10 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 3000, seed: int 
 
     def sample(step: int, stream: int = 0):
         g = batch_generator(seed, stream, step)
-        length = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        top = hi
+        if curriculum > 0 and stream == 0:
+            top = min(hi, lo + 2 + int((hi - lo - 2) * step / (curriculum * steps)))
+        length = int(torch.randint(lo, top + 1, (1,), generator=g))
         return task.sample(g, batch_size, length)
 
     val_batches = [sample(j, stream=1) for j in range(8)]
@@ -139,7 +143,7 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 3000, seed: int 
     scored = [rescaled(acc, task.chance(n)) for n, acc in by_length.items() if n > hi]
     return {"task": task_name, "model": model_name, "seed": seed, "parameters": count_parameters(model),
             "width": model_width, "num_blocks": num_blocks, "batch_size": batch_size, "steps": steps,
-            "train_lengths": list(train_lengths), "accuracy_by_length": by_length,
+            "train_lengths": list(train_lengths), "curriculum": curriculum, "accuracy_by_length": by_length,
             "rescaled_by_length": {n: rescaled(a, task.chance(n)) for n, a in by_length.items()},
             "rescaled_accuracy": sum(scored) / len(scored), "optim": asdict(settings), **result}
 

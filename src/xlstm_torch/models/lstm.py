@@ -31,7 +31,7 @@ class LSTMConfig(_Config):
     vocab_size: int = 256
     hidden_size: int = 64
     num_layers: int = 2
-    tie_embeddings: bool = True
+    tie_embeddings: bool = False
     norm_eps: float = 1e-5
 
     def __post_init__(self):
@@ -67,7 +67,7 @@ class LSTMLanguageModel(LanguageModel):
     def reset_parameters(self) -> None:
         """torch's LSTM init (uniform +-1/sqrt(D)) with forget-gate biases at 1 (Gers et al. 2000), so the
         memory starts out kept rather than halved each step."""
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        nn.init.normal_(self.embedding.weight, std=1.0)  # inputs of unit scale reach the gates
         if not self.config.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, std=0.02)
         self.lstm.reset_parameters()

@@ -1,0 +1,218 @@
+"""Sweeps behind ``xlstm experiment table NAME``: run every cell (model x setting x seed) under a CPU budget,
+at most ``jobs`` runs at a time with one thread each, keep each run's results.json, and write a Markdown table
+(mean and spread over seeds) and a plot into the output folder.
+
+A cell whose results.json exists is not run again, so an interrupted sweep resumes. Cells that the budget did
+not reach are listed as missing in the table, never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+__all__ = ["TABLES", "run_table"]
+
+FORMAL_MODELS = ("xlstm-1:0", "xlstm-0:1", "xlstm-1:1", "transformer", "mamba", "lstm")
+MQAR_MODELS = ("xlstm-1:1", "xlstm-1:0", "transformer", "mamba", "lstm")
+LM_MODELS = ("xlstm-1:0", "xlstm-1:1", "xlstm-7:1", "transformer", "mamba", "lstm")
+
+
+def _cell_run(kind: str, kwargs: dict, out: str) -> dict:
+    """One run in a worker process (one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from .runner import run_formal, run_mqar, write_json
+
+    if kind == "formal":
+        result = run_formal(**kwargs)
+    elif kind == "mqar":
+        result = run_mqar(**kwargs)
+    else:
+        from .lm import run_lm
+
+        result = run_lm(out=str(Path(out) / "run"), **kwargs)
+    write_json(result, out)
+    return result
+
+
+def _cells(name: str, args) -> list[tuple[str, dict, str]]:
+    seeds = range(args.seeds)
+    cells = []
+    if name == "formal":
+        from .tasks import FORMAL_TASKS
+
+        tasks = args.tasks or list(FORMAL_TASKS)
+        for task in tasks:
+            for model in args.models or FORMAL_MODELS:
+                for seed in seeds:
+                    kw = dict(task_name=task, model_name=model, seed=seed, steps=args.steps or 2000)
+                    cells.append(("formal", kw, f"{task}/{model}/seed{seed}"))
+    elif name == "mqar":
+        settings = [(64, 4), (128, 8), (256, 16), (512, 64)][: args.settings]
+        for seq_len, pairs in settings:
+            for width in args.widths:
+                for model in args.models or MQAR_MODELS:
+                    for seed in seeds:
+                        kw = dict(model_name=model, seq_len=seq_len, num_pairs=pairs, width=width, seed=seed,
+                                  steps=args.steps or 1500)
+                        cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}/d{width}/{model}/seed{seed}"))
+    else:
+        for model in args.models or LM_MODELS:
+            for seed in seeds:
+                cells.append(("lm", dict(model_name=model, seed=seed, steps=args.steps or 300), f"{model}/seed{seed}"))
+    return cells
+
+
+def run_table(name: str, args, log=print) -> Path:
+    """Run the sweep ``name`` ("formal", "mqar" or "lm") and write ``<out>/<name>.md`` and plots."""
+    out = Path(args.out)
+    runs = out / "runs" / name
+    cells = _cells(name, args)
+    deadline = time.time() + args.budget_minutes * 60
+    start = time.time()
+    todo = [c for c in cells if not (runs / c[2] / "results.json").exists()]
+    log(f"{name}: {len(cells)} cells, {len(cells) - len(todo)} already done, budget {args.budget_minutes} min, "
+        f"{args.jobs} at a time")
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        pending = {}
+        while todo or pending:
+            while todo and len(pending) < args.jobs and time.time() < deadline:
+                kind, kw, key = todo.pop(0)
+                pending[pool.submit(_cell_run, kind, kw, str(runs / key))] = key
+            if not pending:
+                break
+            done = next(iter(_wait_first(pending)))
+            key = pending.pop(done)
+            try:
+                done.result()
+                log(f"  done {key}  ({time.time() - start:.0f}s)")
+            except Exception as err:  # a failed cell is reported in the table, the sweep goes on
+                log(f"  FAILED {key}: {err}")
+    results = [json.loads((runs / c[2] / "results.json").read_text())
+               for c in cells if (runs / c[2] / "results.json").exists()]
+    missing = [c[2] for c in cells if not (runs / c[2] / "results.json").exists()]
+    text = _WRITERS[name](results, out)
+    if missing:
+        text += f"\nMissing cells (budget reached or failed): {', '.join(missing)}\n"
+    path = out / f"{name}.md"
+    path.write_text(text)
+    log(f"wrote {path} ({time.time() - start:.0f}s)")
+    return path
+
+
+def _wait_first(pending):
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+    return done
+
+
+def _mean_spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {spread:.2f} (n={len(values)})"
+
+
+def _group(results, *keys):
+    groups: dict = {}
+    for r in results:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return groups
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _formal_table(results, out: Path) -> str:
+    groups = _group(results, "task", "model")
+    tasks = list(dict.fromkeys(r["task"] for r in results))
+    models = list(dict.fromkeys(r["model"] for r in results))
+    lines = ["| task | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for task in tasks:
+        cells = [_mean_spread([r["rescaled_accuracy"] for r in groups.get((task, m), [])]) for m in models]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    params = {m: sorted({r["parameters"] for r in results if r["model"] == m}) for m in models}
+    text = ("Rescaled accuracy over test lengths 41-256 (0 = chance, 1 = perfect), mean ± half-range over seeds.\n\n"
+            + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items()) + "\n")
+    plt = _plt()
+    if plt:
+        for task in tasks:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for m in models:
+                rs = groups.get((task, m), [])
+                if rs:
+                    lengths = sorted(int(n) for n in rs[0]["accuracy_by_length"])
+                    acc = [statistics.fmean(r["accuracy_by_length"][str(n)] if str(n) in r["accuracy_by_length"]
+                                            else r["accuracy_by_length"][n] for r in rs) for n in lengths]
+                    ax.plot(lengths, acc, marker="o", label=m)
+            ax.axvline(40, color="gray", ls=":")
+            ax.set(xlabel="test length", ylabel="accuracy", title=task)
+            ax.legend(fontsize=7)
+            fig.savefig(out / f"formal_{task}.png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+    return text
+
+
+def _mqar_table(results, out: Path) -> str:
+    groups = _group(results, "seq_len", "num_pairs", "width", "model")
+    models = list(dict.fromkeys(r["model"] for r in results))
+    settings = sorted({(r["seq_len"], r["num_pairs"], r["width"]) for r in results})
+    lines = ["| (seq len, kv pairs) | width | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
+    for s in settings:
+        cells = [_mean_spread([r["accuracy"] for r in groups.get((*s, m), [])]) for m in models]
+        lines.append(f"| ({s[0]}, {s[1]}) | {s[2]} | " + " | ".join(cells) + " |")
+    plt = _plt()
+    if plt:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (L, kv) in sorted({(s[0], s[1]) for s in settings}):
+            for m in models:
+                pts = [(w, statistics.fmean(r["accuracy"] for r in groups[(L, kv, w, m)]))
+                       for (l2, k2, w) in settings if (l2, k2) == (L, kv) and (L, kv, w, m) in groups]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=f"{m} ({L},{kv})")
+        ax.set(xlabel="model width", ylabel="accuracy", xscale="log", title="MQAR")
+        ax.legend(fontsize=6)
+        fig.savefig(out / "mqar.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return "MQAR accuracy at the answer positions, mean ± half-range over seeds.\n\n" + "\n".join(lines) + "\n"
+
+
+def _lm_table(results, out: Path) -> str:
+    groups = _group(results, "model")
+    lines = ["| model | parameters | width x blocks | tokens | val bits/byte | val loss (nats) |", "|---|---|---|---|---|---|"]
+    for m, rs in groups.items():
+        lines.append(f"| {m} | {rs[0]['parameters']:,} | {rs[0]['width']} x {rs[0]['num_blocks']} | {rs[0]['tokens']:,} | "
+                     f"{_mean_spread([r['val_bpb'] for r in rs])} | {_mean_spread([r['val_loss'] for r in rs])} |")
+    plt = _plt()
+    if plt:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m, rs in groups.items():
+            curve = rs[0]["curve"]
+            ax.plot([p["tokens"] for p in curve],
+                    [statistics.fmean(r["curve"][j]["val_loss"] for r in rs) for j in range(len(curve))],
+                    marker="o", label=m)
+        ax.set(xlabel="training tokens", ylabel="validation loss (nats/byte)", title="LM, embedded corpus")
+        ax.legend(fontsize=7)
+        fig.savefig(out / "lm.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return ("Validation bits per byte on the embedded corpus, equal parameters and tokens, mean ± half-range over "
+            "seeds.\n\n" + "\n".join(lines) + "\n")
+
+
+_WRITERS = {"formal": _formal_table, "mqar": _mqar_table, "lm": _lm_table}
+TABLES = tuple(_WRITERS)

@@ -1,0 +1,49 @@
+"""Smoke tests of ``xlstm experiment``: a few steps of each run kind write a results.json with the documented
+keys; a table over two finished cells writes Markdown and a plot. Not experiments: the numbers are not checked."""
+
+import json
+
+import pytest
+
+from xlstm_torch.cli import main
+
+
+def test_formal_run_writes_results(tmp_path):
+    out = tmp_path / "f"
+    assert main(["experiment", "formal", "--task", "parity", "--model", "xlstm-0:1", "--steps", "3",
+                 "--test-lengths", "40", "41", "48", "--test-examples", "8", "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["accuracy_by_length"]) == {"40", "41", "48"}
+    scored = [(a - 0.5) / 0.5 for n, a in r["accuracy_by_length"].items() if int(n) > 40]
+    assert r["rescaled_accuracy"] == pytest.approx(sum(scored) / 2)
+
+
+def test_mqar_and_lm_runs_write_results(tmp_path):
+    assert main(["experiment", "mqar", "--model", "lstm", "--steps", "2", "--seq-len", "32", "--num-pairs", "2",
+                 "--width", "16", "--batch-size", "4", "--out", str(tmp_path / "m")]) == 0
+    r = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert 0 <= r["accuracy"] <= 1 and r["num_pairs"] == 2
+    assert main(["experiment", "lm", "--model", "mamba", "--steps", "2", "--width", "32",
+                 "--out", str(tmp_path / "l")]) == 0
+    r = json.loads((tmp_path / "l" / "results.json").read_text())
+    assert r["val_bpb"] > 0 and r["curve"] and r["tokens"] == 2 * 16 * 128
+
+
+def test_table_from_finished_cells(tmp_path):
+    from xlstm_torch.experiments.tables import run_table
+
+    runs = tmp_path / "runs" / "formal" / "parity"
+    for model, acc in (("lstm", 0.5), ("xlstm-0:1", 1.0)):
+        for seed in (0, 1):
+            d = runs / model / f"seed{seed}"
+            d.mkdir(parents=True)
+            d.joinpath("results.json").write_text(json.dumps({
+                "task": "parity", "model": model, "seed": seed, "parameters": 100,
+                "accuracy_by_length": {"48": acc}, "rescaled_accuracy": 2 * acc - 1}))
+
+    class Args:
+        out, budget_minutes, jobs, seeds, steps, tasks = str(tmp_path), 0.0, 1, 2, 5, ["parity"]
+        models = ["lstm", "xlstm-0:1"]
+
+    text = run_table("formal", Args, log=lambda s: None).read_text()
+    assert "| parity | 0.00 ± 0.00 (n=2) | 1.00 ± 0.00 (n=2) |" in text and "Missing" not in text
