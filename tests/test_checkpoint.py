@@ -189,8 +189,8 @@ def test_missing_directory_and_files(tmp_path, ckpt):
 
 
 def test_unknown_model_type(ckpt):
-    edit_config(ckpt, model_type="mamba")
-    with pytest.raises(ValueError, match="unknown model_type 'mamba'.*transformer"):
+    edit_config(ckpt, model_type="rwkv")
+    with pytest.raises(ValueError, match="unknown model_type 'rwkv'.*transformer"):
         load_pretrained(ckpt)
 
 

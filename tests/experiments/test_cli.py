@@ -23,7 +23,7 @@ def test_mqar_and_lm_runs_write_results(tmp_path):
                  "--width", "16", "--batch-size", "4", "--out", str(tmp_path / "m")]) == 0
     r = json.loads((tmp_path / "m" / "results.json").read_text())
     assert 0 <= r["accuracy"] <= 1 and r["num_pairs"] == 2
-    assert main(["experiment", "lm", "--model", "mamba", "--steps", "2", "--width", "32",
+    assert main(["experiment", "lm", "--model", "transformer", "--steps", "2", "--width", "32",
                  "--out", str(tmp_path / "l")]) == 0
     r = json.loads((tmp_path / "l" / "results.json").read_text())
     assert r["val_bpb"] > 0 and r["curve"] and r["tokens"] == 2 * 16 * 128

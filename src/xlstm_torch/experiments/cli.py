@@ -67,6 +67,8 @@ def register(subparsers) -> None:
     p.add_argument("--tasks", nargs="*", default=None, help="formal: tasks (default all)")
     p.add_argument("--settings", type=int, default=4, help="mqar: how many of (64,4),(128,8),(256,16),(512,64)")
     p.add_argument("--widths", type=int, nargs="*", default=[64], help="mqar: model widths")
+    p.add_argument("--batch-size", type=int, default=None, help="mqar: batch size (default 64)")
+    p.add_argument("--curriculum", type=float, default=0.0, help="formal: length curriculum fraction (0: none)")
     p.set_defaults(func=_table)
 
 

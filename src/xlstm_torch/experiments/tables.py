@@ -50,7 +50,8 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
         for task in tasks:
             for model in args.models or FORMAL_MODELS:
                 for seed in seeds:
-                    kw = dict(task_name=task, model_name=model, seed=seed, steps=args.steps or 2000)
+                    kw = dict(task_name=task, model_name=model, seed=seed, steps=args.steps or 2000,
+                              curriculum=getattr(args, "curriculum", 0.0))
                     cells.append(("formal", kw, f"{task}/{model}/seed{seed}"))
     elif name == "mqar":
         settings = [(64, 4), (128, 8), (256, 16), (512, 64)][: args.settings]
@@ -59,7 +60,7 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
                 for model in args.models or MQAR_MODELS:
                     for seed in seeds:
                         kw = dict(model_name=model, seq_len=seq_len, num_pairs=pairs, width=width, seed=seed,
-                                  steps=args.steps or 1500)
+                                  steps=args.steps or 1500, batch_size=getattr(args, "batch_size", None) or 64)
                         cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}/d{width}/{model}/seed{seed}"))
     else:
         for model in args.models or LM_MODELS:

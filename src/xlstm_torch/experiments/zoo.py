@@ -58,12 +58,7 @@ def model_config(name: str, vocab_size: int, width: int, *, num_blocks: int = 2,
 
 
 def build(name: str, vocab_size: int, width: int, **kwargs) -> LanguageModel:
-    config = model_config(name, vocab_size, width, **kwargs)
-    if name == "transformer":  # its config carries no model_type: the class is named here
-        from xlstm_torch.models.transformer import Transformer
-
-        return Transformer(config)
-    return build_model(config)
+    return build_model(model_config(name, vocab_size, width, **kwargs))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,8 @@ class TransformerConfig:
     init_std       standard deviation of the weight initialisation; the output projections of each
                    block use init_std / sqrt(2 L) so the residual stream does not grow with depth.
     """
+
+    model_type: ClassVar[str] = "transformer"  # build_model and the trainer pick the class by it
 
     vocab_size: int
     d_model: int
