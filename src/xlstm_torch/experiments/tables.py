@@ -194,7 +194,7 @@ def _mqar_table(results, out: Path) -> str:
 
 
 def _lm_table(results, out: Path) -> str:
-    groups = _group(results, "model")
+    groups = {key[0]: rs for key, rs in _group(results, "model").items()}
     lines = ["| model | parameters | width x blocks | tokens | val bits/byte | val loss (nats) |", "|---|---|---|---|---|---|"]
     for m, rs in groups.items():
         lines.append(f"| {m} | {rs[0]['parameters']:,} | {rs[0]['width']} x {rs[0]['num_blocks']} | {rs[0]['tokens']:,} | "
