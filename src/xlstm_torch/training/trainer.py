@@ -25,6 +25,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,9 @@ class Trainer:
         self.device = self.dist.device
         if config.threads is not None:
             torch.set_num_threads(config.threads)
+        elif self.dist.enabled and self.device.type == "cpu":  # processes on one machine share its cores
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         self.stream = stream
         self._autocast_dtype = self._precision()
 
