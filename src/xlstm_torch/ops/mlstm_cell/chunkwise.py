@@ -140,7 +140,7 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         C_in, C_last = _scan_states(kw, vc, fac, C0)
 
         # h_j = num_j / Q_j with Q_j = max(|den_j|, exp(-m_j)) + eps; num_j, den_j ∝ exp(ℓ_j).
-        dh = torch.zeros_like(h_pad) if dh is None else _chunks(dh.reshape(BH, S, DV), nc, L).view_as(h_pad)
+        dh = torch.zeros_like(h_pad) if dh is None else _chunks(dh.reshape(BH, S, DV), nc, L).reshape_as(h_pad)
         dh_dot_h = (dh * h_pad).sum(-1)  # (BH nc, L)
         floor = normaliser_floor(st["m_step"], dtype).view_as(den)
         dden = -dh_dot_h / Q * torch.sign(den) * (den.abs() > floor).to(dtype)
