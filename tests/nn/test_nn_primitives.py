@@ -37,6 +37,24 @@ def test_conv_matches_loop_pieces_and_steps(K):
     torch.testing.assert_close(s, state, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("K", [2, 4])
+def test_conv_gradients_match_loop(K, dtype, tol):
+    """The conv against the shifted-sum definition: output, input/weight/bias/state grads."""
+    torch.manual_seed(0)
+    conv = CausalConv1d(40, K).to(dtype)
+    x = torch.randn(3, 33, 40, dtype=dtype, requires_grad=True)
+    state = torch.randn(3, K - 1, 40, dtype=dtype, requires_grad=True)
+    cotangent = torch.randn(3, 33, 40, dtype=dtype)
+    leaves = [x, state, conv.weight, conv.bias]
+    got, _ = conv(x, state)
+    want = conv_by_loop(conv, torch.cat([state, x], 1))[:, K - 1:]  # the state is the inputs before x
+    assert_close(got, want, tol, "y")
+    for name, a, b in zip(("x", "state", "weight", "bias"), torch.autograd.grad(got, leaves, cotangent),
+                          torch.autograd.grad(want, leaves, cotangent)):
+        assert_close(a, b, tol, f"d{name}")
+
+
 def test_conv_short_piece_keeps_older_inputs_in_state():
     # A piece shorter than K-1 must shift the buffer, not replace it.
     conv = CausalConv1d(2, 4).double()
