@@ -101,8 +101,9 @@ class CallRecorder(LanguageModel):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.supports_packed_states = model.supports_packed_states
         self.calls: list[tuple[int, ...]] = []
 
-    def forward(self, input_ids, state=None):
+    def forward(self, input_ids, state=None, **kwargs):
         self.calls.append(tuple(input_ids.shape))
-        return self.model(input_ids, state)
+        return self.model(input_ids, state, **kwargs)

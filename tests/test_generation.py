@@ -229,6 +229,80 @@ def test_left_padding_sampling_reproducible():
     assert torch.equal(a, generate(rnn(), ids, 10, seed=1, attention_mask=mask))
 
 
+# --- prompts of different lengths as a list: packed prefill ---------------------------------------------------
+
+
+def random_prompts(lengths, seed=5) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 32, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_list_of_prompts_equals_each_prompt_alone(name):
+    model = MODELS[name]()
+    prompts = random_prompts([6, 1, 20, 2, 6])
+    prompts[3] = torch.tensor(prompts[3])  # tensors and lists mix
+    out = generate(model, prompts, 8, temperature=0)
+    assert isinstance(out, list) and len(out) == len(prompts)
+    for b, prompt in enumerate(prompts):
+        alone = generate(model, torch.as_tensor(prompt)[None], 8, temperature=0)[0]
+        assert out[b].dtype == torch.int64 and torch.equal(out[b], alone), f"prompt {b}"
+
+
+@pytest.mark.parametrize("name", ["xlstm", "xlstm-large"])
+def test_xlstm_prefills_all_prompts_in_one_packed_call(name):
+    model = CallRecorder(MODELS[name]())
+    prompts = random_prompts([3, 1, 5])
+    generate(model, prompts, 4, temperature=0)
+    assert model.calls == [(1, 9)] + [(3, 1)] * 3  # one packed prefill, then the batch token by token
+    model.calls.clear()
+    ids, mask = left_pad(prompts, pad_id=0)  # left padding: the same, the padding never fed
+    generate(model, ids, 4, temperature=0, attention_mask=mask)
+    assert model.calls == [(1, 9)] + [(3, 1)] * 3
+
+
+def test_prompts_of_one_length_stay_one_plain_batch():
+    model = CallRecorder(xlstm())
+    generate(model, random_prompts([4, 4]), 2, temperature=0)
+    assert model.calls == [(2, 4), (2, 1)]
+
+
+def test_list_of_prompts_sampling_matches_left_padding_and_is_reproducible():
+    prompts = random_prompts([3, 7, 1])
+    ids, mask = left_pad(prompts, pad_id=0)
+    for name in ("xlstm", "rnn"):
+        model = MODELS[name]()
+        out = generate(model, prompts, 6, seed=3)
+        padded = generate(model, ids, 6, seed=3, attention_mask=mask)
+        assert all(torch.equal(o[-6:], p[-6:]) for o, p in zip(out, padded)), name
+        assert all(torch.equal(a, b) for a, b in zip(out, generate(model, prompts, 6, seed=3))), name
+
+
+def test_list_of_prompts_stream_and_zero_tokens():
+    model = xlstm()
+    prompts = random_prompts([2, 5])
+    steps = list(stream_generate(model, prompts, 3, temperature=0))
+    assert len(steps) == 3 and all(t.shape == (2,) for t in steps)
+    out = generate(model, prompts, 3, temperature=0)
+    assert all(torch.equal(o[len(p):], torch.stack(steps)[:, b]) for b, (o, p) in enumerate(zip(out, prompts)))
+    assert [o.tolist() for o in generate(model, prompts, 0)] == prompts
+
+
+@pytest.mark.parametrize("prompts, kwargs, exc, match", [
+    ([], {}, TypeError, "non-empty list of prompts"),
+    ("abc", {}, TypeError, "input_ids"),
+    ([[1, 2], []], {}, ValueError, r"input_ids\[1\] must hold at least one token"),
+    ([[1, -2]], {}, ValueError, r"input_ids\[0\]"),
+    ([[1, 2.5]], {}, TypeError, r"input_ids\[0\] must be a list of ints"),
+    ([torch.zeros(2, 2, dtype=torch.long)], {}, TypeError, r"input_ids\[0\] must be a 1-D int64 tensor"),
+    ([torch.zeros(2)], {}, TypeError, r"input_ids\[0\] must be a 1-D int64 tensor"),
+    ([[1, 2], [3]], dict(attention_mask=torch.ones(2, 2)), ValueError, "attention_mask"),
+], ids=["empty", "string", "empty-prompt", "negative-id", "float-id", "2-D", "float-tensor", "mask"])
+def test_list_of_prompts_errors_name_the_argument(prompts, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        generate(rnn(), prompts, 2, **kwargs)
+
+
 # --- argument checks ---------------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,8 @@ import sys
 
 import xlstm_torch
 
-_SUBCOMMAND_MODULES = ["xlstm_torch.demo", "xlstm_torch.generate_cli"]
+_SUBCOMMAND_MODULES = ["xlstm_torch.training.cli", "xlstm_torch.training.tokenizer_cli", "xlstm_torch.generate_cli",
+                       "xlstm_torch.demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

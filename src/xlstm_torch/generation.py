@@ -9,14 +9,20 @@ prompt in one parallel/chunkwise call, then decode token by token from the state
 One prefill call over the prompt, then one call per new token that feeds only that token and the
 state: nothing here grows with the number of new tokens except the output ids themselves.
 
-Left-padded prompts of unequal length (``attention_mask``): the model surface has no mask, and a
-recurrent state would absorb pad tokens, so pad tokens are never fed. Rows are grouped by their true
-prompt length and each group is prefilled without its padding. If the groups' states can be joined
-along the batch dimension (every tensor in the state has the group's batch size as dim 0 and equal
-other dims, as for the fixed-size xLSTM states), they are concatenated and decoding runs as one batch;
-otherwise (for example Transformer caches of different lengths) the groups are decoded in lockstep,
-one call per group and step. Either way each row gets exactly the tokens it would get alone (greedy),
-and sampling draws for the whole batch at once, so a seed fixes the result whatever the grouping.
+Prompts of unequal length, given as a list of prompts (no padding at all) or left-padded with an
+``attention_mask``: a recurrent state would absorb pad tokens, so pad tokens are never fed.
+
+- Models with ``supports_packed_states`` (the xLSTM models) prefill all prompts in ONE call, packed
+  back to back in one row with ``cu_seqlens`` (xlstm_torch/ops/_packing.py): every prompt runs as if
+  alone and the model returns one state row per prompt, which is the batch that decodes.
+- Other models: rows are grouped by their prompt length and each group is prefilled on its own. If the
+  groups' states can be joined along the batch dimension (every tensor in the state has the group's
+  batch size as dim 0 and equal other dims), they are concatenated and decoding runs as one batch;
+  otherwise (for example Transformer caches of different lengths) the groups are decoded in lockstep,
+  one call per group and step.
+
+Either way each row gets the tokens it would get alone (greedy), and sampling draws for the whole
+batch at once, so a seed fixes the result whatever the prefill.
 """
 
 from __future__ import annotations
@@ -30,21 +36,29 @@ import torch
 __all__ = ["generate", "stream_generate", "filter_logits"]
 
 
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
+def generate(model, input_ids: torch.Tensor | Sequence[Sequence[int] | torch.Tensor], max_new_tokens: int,
+             **options) -> torch.Tensor | list[torch.Tensor]:
     """Continue each prompt by up to ``max_new_tokens`` tokens; the options are those of ``stream_generate``.
 
-    input_ids (B, S) int64 prompts (left-padded where ``attention_mask`` (B, S) has leading zeros).
-    Returns (B, S + N) int64: the prompts followed by N <= max_new_tokens new tokens; N is smaller only
+    input_ids: (B, S) int64 prompts (left-padded where ``attention_mask`` (B, S) has leading zeros),
+    or a list of B prompts of any lengths, each a list of token ids or a 1-D int64 tensor.
+    Returns for a tensor (B, S + N) int64: the prompts followed by N <= max_new_tokens new tokens; for
+    a list, a list of B 1-D int64 tensors, prompt b followed by its N new tokens. N is smaller only
     when every row has produced one of ``eos_token_id``.
     """
     new_tokens = list(stream_generate(model, input_ids, max_new_tokens, **options))
+    if not isinstance(input_ids, torch.Tensor):
+        device = new_tokens[0].device if new_tokens else None
+        continuation = torch.stack(new_tokens, dim=1) if new_tokens else None  # (B, N)
+        return [torch.cat([prompt, continuation[b]]) if continuation is not None else prompt
+                for b, prompt in enumerate(_as_prompts(input_ids, None, device))]
     prompt = input_ids.to(new_tokens[0].device) if new_tokens else input_ids
     return torch.cat([prompt.long(), *(t[:, None] for t in new_tokens)], dim=1)  # (B, S + N)
 
 
 def stream_generate(
     model,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | Sequence[Sequence[int] | torch.Tensor],
     max_new_tokens: int,
     *,
     temperature: float = 1.0,
@@ -60,7 +74,8 @@ def stream_generate(
 ) -> Iterator[torch.Tensor]:
     """Decode step by step: an iterator over the (B,) int64 new tokens of each step.
 
-    input_ids (B, S) int64 prompts (left-padded where ``attention_mask`` (B, S) has leading zeros).
+    input_ids (B, S) int64 prompts (left-padded where ``attention_mask`` (B, S) has leading zeros), or a
+    list of B prompts of any lengths (lists of token ids or 1-D int64 tensors; no attention_mask).
     At most ``max_new_tokens`` steps; fewer when every row has produced one of ``eos_token_id``.
     A row that has finished continues with ``pad_token_id`` (default: the first eos id).
 
@@ -71,7 +86,7 @@ def stream_generate(
     The arguments are checked when this is called, not at the first ``next``.
     """
     _check_int("max_new_tokens", max_new_tokens, minimum=0)
-    _check_prompt(input_ids, attention_mask)
+    prompts = _as_prompts(input_ids, attention_mask, device=None)
     greedy = _resolve_greedy(temperature, do_sample)
     if top_k is not None:
         _check_int("top_k", top_k, minimum=1)
@@ -92,12 +107,10 @@ def stream_generate(
     if streamer is not None and not (callable(streamer) or hasattr(streamer, "put")):
         raise TypeError(f"streamer must be callable or have a put method, got {type(streamer).__name__}")
 
-    device = _model_device(model, input_ids.device)
+    device = _model_device(model, prompts[0].device)
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    steps = _decode(model, input_ids.to(device).long(),
-                    None if attention_mask is None else attention_mask.to(device), max_new_tokens,
-                    greedy=greedy, temperature=float(temperature), top_k=top_k, top_p=top_p,
+    steps = _decode(model, [p.to(device) for p in prompts], max_new_tokens, greedy=greedy, temperature=float(temperature), top_k=top_k, top_p=top_p,
                     eos_ids=eos_ids, pad_token_id=pad_token_id, generator=generator, streamer=streamer)
     return steps
 
@@ -131,27 +144,16 @@ class _Group:
         self.rows, self.state = rows, state
 
 
-def _decode(model, input_ids, attention_mask, max_new_tokens, *, greedy, temperature, top_k, top_p, eos_ids,
+def _decode(model, prompts: list[torch.Tensor], max_new_tokens, *, greedy, temperature, top_k, top_p, eos_ids,
             pad_token_id, generator, streamer) -> Iterator[torch.Tensor]:
-    B, S = input_ids.shape
+    B, device = len(prompts), prompts[0].device
     if max_new_tokens == 0:
         return
-    # Prefill: one call per distinct prompt length, each without its padding.
-    lengths = torch.full((B,), S, device=input_ids.device) if attention_mask is None else attention_mask.sum(1)
-    next_logits: torch.Tensor | None = None  # (B, V), float32
-    groups = []
-    for length in sorted(set(lengths.tolist()), reverse=True):
-        rows = (lengths == length).nonzero().flatten()
-        with torch.no_grad():
-            logits, state = model(input_ids[rows, S - length:], state=None)  # (G, length, V)
-        if next_logits is None:
-            next_logits = torch.empty(B, logits.shape[-1], device=logits.device, dtype=torch.float32)
-        next_logits[rows] = logits[:, -1].float()
-        groups.append(_Group(rows, state))
-    groups = _merge_groups(groups)
+    with torch.no_grad():
+        next_logits, groups = _prefill(model, prompts)
 
-    eos = torch.tensor(eos_ids, device=input_ids.device, dtype=torch.long)
-    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    eos = torch.tensor(eos_ids, device=device, dtype=torch.long)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     try:
         for step in range(max_new_tokens):
             with torch.no_grad():
@@ -171,6 +173,31 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, *, greedy, tempera
     finally:
         if streamer is not None and hasattr(streamer, "end"):
             streamer.end()
+
+
+def _prefill(model, prompts: list[torch.Tensor]) -> tuple[torch.Tensor, list[_Group]]:
+    """Run every prompt (1-D int64) through the model once; return the logits of each prompt's next
+    token (B, V) in float32 and the groups of rows that decode together (module docstring)."""
+    B, lengths = len(prompts), [len(p) for p in prompts]
+    rows = torch.arange(B, device=prompts[0].device)
+    if len(set(lengths)) == 1:  # one plain batch
+        logits, state = model(torch.stack(prompts), state=None)  # (B, S, V)
+        return logits[:, -1].float(), [_Group(rows, state)]
+    if getattr(model, "supports_packed_states", False):  # one packed row, one state row per prompt
+        cu_seqlens = torch.tensor([0, *lengths], device=prompts[0].device).cumsum(0)
+        logits, state = model(torch.cat(prompts)[None], state=None, cu_seqlens=cu_seqlens)  # (1, ΣS, V)
+        return logits[0, cu_seqlens[1:] - 1].float(), [_Group(rows, state)]
+    next_logits: torch.Tensor | None = None  # (B, V)
+    groups = []
+    by_length = torch.tensor(lengths, device=rows.device)
+    for length in sorted(set(lengths), reverse=True):  # one call per distinct prompt length
+        group = (by_length == length).nonzero().flatten()
+        logits, state = model(torch.stack([prompts[b] for b in group.tolist()]), state=None)  # (G, length, V)
+        if next_logits is None:
+            next_logits = torch.empty(B, logits.shape[-1], device=logits.device, dtype=torch.float32)
+        next_logits[group] = logits[:, -1].float()
+        groups.append(_Group(group, state))
+    return next_logits, _merge_groups(groups)
 
 
 def _pick(logits, greedy, temperature, top_k, top_p, generator) -> torch.Tensor:
@@ -236,10 +263,37 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def _as_prompts(input_ids, attention_mask, device) -> list[torch.Tensor]:
+    """Check the prompts; return them as B 1-D int64 tensors without padding (on ``device``, or where
+    they are when None)."""
+    if isinstance(input_ids, torch.Tensor):
+        _check_prompt(input_ids, attention_mask)
+        lengths = [input_ids.shape[1]] * input_ids.shape[0] if attention_mask is None else attention_mask.sum(1).tolist()
+        prompts = [row[row.shape[0] - n:].long() for row, n in zip(input_ids, lengths)]
+        return prompts if device is None else [p.to(device) for p in prompts]
+    if not isinstance(input_ids, (list, tuple)) or not input_ids:
+        raise TypeError("input_ids must be an int64 tensor of shape (B, S) or a non-empty list of prompts, got "
+                        f"{type(input_ids).__name__}" + (" (empty)" if isinstance(input_ids, (list, tuple)) else ""))
+    if attention_mask is not None:
+        raise ValueError("attention_mask is for a left-padded (B, S) tensor; a list of prompts needs no padding")
+    prompts = []
+    for b, prompt in enumerate(input_ids):
+        if isinstance(prompt, torch.Tensor):
+            if prompt.dtype not in (torch.int64, torch.int32) or prompt.ndim != 1:
+                raise TypeError(f"input_ids[{b}] must be a 1-D int64 tensor or a list of ints, got a {prompt.ndim}-D "
+                                f"{prompt.dtype} tensor")
+        elif not isinstance(prompt, (list, tuple)) or any(isinstance(t, bool) or not isinstance(t, int) for t in prompt):
+            raise TypeError(f"input_ids[{b}] must be a list of ints or a 1-D int64 tensor, got {prompt!r:.60}")
+        prompt = torch.as_tensor(prompt, dtype=torch.long, device=device)
+        if prompt.numel() == 0 or bool((prompt < 0).any()):
+            raise ValueError(f"input_ids[{b}] must hold at least one token id, all >= 0")
+        prompts.append(prompt)
+    return prompts
+
+
 def _check_prompt(input_ids, attention_mask) -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError("input_ids must be an int64 tensor of shape (B, S), got "
-                        f"{input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be an int64 tensor of shape (B, S), got {input_ids.dtype}")
     if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must have shape (B, S) with B, S >= 1, got {tuple(input_ids.shape)}")
     if attention_mask is None:

@@ -8,6 +8,7 @@ the optional ``tokenizers`` package instead.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,7 @@ TOKENIZER_NAME = "tokenizer.json"
 
 class Tokenizer(Protocol):
     vocab_size: int
+    fingerprint: str  # names the id mapping exactly: two tokenizers with one fingerprint encode alike
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -29,6 +31,7 @@ class ByteTokenizer:
     """ids 0..255 are UTF-8 bytes; decoding replaces invalid byte sequences (and ids > 255) by U+FFFD."""
 
     vocab_size = 256
+    fingerprint = "byte"
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
@@ -59,11 +62,17 @@ class JSONTokenizer:
                               "(or delete the file to use the byte tokenizer)") from None
         self._tokenizer = _HFTokenizer.from_file(str(path))
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        # The file's bytes decide the mapping, so their hash keys token caches built with it.
+        self.fingerprint = "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """``[encode(t) for t in texts]``, run in parallel by the Rust library."""
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -3,6 +3,11 @@
 A model maps ``input_ids`` (B, S) int64 to ``logits`` (B, S, V) and carries a recurrent state:
 
     logits, state = model(input_ids, state=None)
+    logits, state = model(packed_ids (1, S), cu_seqlens=cu_seqlens)   # documents packed in one row
+
+With ``cu_seqlens`` (int64 [0, l_1, ..., S], xlstm_torch/ops/_packing.py) each document gets the
+logits it gets alone. Models with ``supports_packed_states`` also return one state row per document
+(a batch that can continue decoding); the others return None for the state.
 
 Generation and checkpoint I/O live outside the model (``xlstm_torch.generation``,
 ``xlstm_torch.checkpoint``); these methods only forward to them, so model files hold architecture only.
@@ -29,11 +34,14 @@ class LanguageModel(nn.Module):
 
     model_type: ClassVar[str]
     config_class: ClassVar[type]
+    supports_packed_states: ClassVar[bool] = False
 
-    def forward(self, input_ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    def forward(self, input_ids: torch.Tensor, state: Any = None, cu_seqlens: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    def generate(self, input_ids, max_new_tokens: int, **kwargs):
+        """``xlstm_torch.generation.generate``: input_ids (B, S) or a list of prompts of any lengths."""
         from xlstm_torch.generation import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)

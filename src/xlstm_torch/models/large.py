@@ -31,9 +31,12 @@ class XLSTMLargeLanguageModel(LanguageModel):
     """xLSTM 7B architecture. forward(input_ids (B, S), state=None) -> logits (B, S, V), ModelState.
 
     Logits are soft-capped at ``config.output_logit_soft_cap`` and in the model's dtype.
+    forward(input_ids (1, S), cu_seqlens=...) runs packed documents, each as if alone, and returns
+    one state row per document (models/state.py).
     """
 
     model_type = "xlstm-large"
+    supports_packed_states = True
     config_class = XLSTMLargeConfig
 
     def __init__(self, config: XLSTMLargeConfig):
@@ -63,9 +66,10 @@ class XLSTMLargeLanguageModel(LanguageModel):
         self.out_norm.reset_parameters()
         small_init_(self.lm_head.weight, self.config.embedding_dim)
 
-    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None) -> tuple[torch.Tensor, ModelState]:
-        block_states = check_inputs(input_ids, state, len(self.blocks))
+    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, ModelState | None]:
+        block_states = check_inputs(input_ids, state, len(self.blocks), cu_seqlens)
         x = self.embedding(input_ids)  # (B, S, D)
-        x, state = run_blocks(self.blocks, x, block_states)  # (B, S, D)
+        x, state = run_blocks(self.blocks, x, block_states, cu_seqlens, return_state)  # (B, S, D)
         logits = self.lm_head(self.out_norm(x))  # (B, S, V)
         return soft_cap(logits, self.config.output_logit_soft_cap), state

@@ -2,6 +2,11 @@
 
     logits, state = model(input_ids)              # state=None: start from an empty state
     logits, state = model(next_ids, state)        # continue where the last call stopped
+    logits, state = model(packed_ids, cu_seqlens=cu_seqlens)   # documents packed in one row (1, S)
+
+With ``cu_seqlens`` (int64 [0, l_1, l_1 + l_2, ..., S], xlstm_torch/ops/_packing.py) every document
+runs as if alone, from the empty state (or from row d of a state with one row per document), and
+the returned state has one row per document: the documents continue as a batch of that size.
 
 ``ModelState.blocks[j]`` is the ``xlstm_torch.nn.LayerState`` of block j: its causal-conv buffer
 (or None) and its cell state (``MLSTMState`` or ``SLSTMState``). Cell states are float32 (float64
@@ -17,6 +22,7 @@ from typing import Callable
 import torch
 
 from xlstm_torch.nn.state import LayerState
+from xlstm_torch.ops._packing import check_cu_seqlens
 
 
 def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree):
@@ -60,7 +66,7 @@ class ModelState:
         return self.blocks[0].cell[0].shape[0]
 
 
-def check_inputs(input_ids, state, num_blocks: int) -> tuple:
+def check_inputs(input_ids, state, num_blocks: int, cu_seqlens=None) -> tuple:
     """Check a model's forward arguments; return the per-block states (None entries when empty)."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
@@ -68,21 +74,30 @@ def check_inputs(input_ids, state, num_blocks: int) -> tuple:
         raise TypeError(f"input_ids must be int64 (or int32) token ids, got {input_ids.dtype}")
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must have shape (B, S) with S >= 1, got {tuple(input_ids.shape)}")
+    rows = input_ids.shape[0]  # state rows: batch rows, or documents when packed
+    if cu_seqlens is not None:
+        rows = len(check_cu_seqlens(cu_seqlens, input_ids.shape[1], input_ids.shape[0])) - 1
     if state is None:
         return (None,) * num_blocks
     if not isinstance(state, ModelState):
         raise TypeError(f"state must be a ModelState (as returned by the model) or None, got {type(state).__name__}")
     if len(state.blocks) != num_blocks:
         raise ValueError(f"state has {len(state.blocks)} block states but the model has {num_blocks} blocks")
-    if state.batch_size != input_ids.shape[0]:
-        raise ValueError(f"state is for batch size {state.batch_size} but input_ids has batch size {input_ids.shape[0]}")
+    if state.batch_size != rows:
+        raise ValueError(f"state is for batch size {state.batch_size} but input_ids has "
+                         + (f"{rows} packed documents (cu_seqlens)" if cu_seqlens is not None else f"batch size {rows}"))
     return state.blocks
 
 
-def run_blocks(blocks, x: torch.Tensor, block_states) -> tuple[torch.Tensor, ModelState]:
-    """Run the residual blocks in order, each with its own state. x: (B, S, D) -> (B, S, D), ModelState."""
+def run_blocks(blocks, x: torch.Tensor, block_states, cu_seqlens=None,
+               return_state: bool = True) -> tuple[torch.Tensor, ModelState | None]:
+    """Run the residual blocks in order, each with its own state. x: (B, S, D) -> (B, S, D), ModelState.
+
+    cu_seqlens: packed documents (B == 1): every block keeps them apart; state rows are documents.
+    return_state=False: no final states are computed (a training step needs none); None in their place.
+    """
     new_states = []
     for block, block_state in zip(blocks, block_states):
-        x, block_state = block(x, block_state)  # (B, S, D)
+        x, block_state = block(x, block_state, cu_seqlens, return_state=return_state)  # (B, S, D)
         new_states.append(block_state)
-    return x, ModelState(tuple(new_states))
+    return x, ModelState(tuple(new_states)) if return_state else None

@@ -10,6 +10,12 @@ Its state is the key/value cache (``TransformerState``): feeding a sequence in p
 continuing from the previous state, gives the same logits as one call. Unlike the recurrent xLSTM
 state, the cache grows by one key and one value per block and token, so decoding a token costs time
 and memory linear in the context length.
+
+Packed documents (``model(input_ids (1, S), cu_seqlens=...)``, xlstm_torch/ops/_packing.py) train
+like the xLSTM models: attention is block-diagonal causal (a token sees only earlier tokens of its
+own document) and rotary positions restart at every document, so each document gets the logits it
+gets alone. No cache is taken or returned then: the documents' caches differ in length and would
+not form a batch.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlstm_torch.models.base import LanguageModel, register_model
+from xlstm_torch.ops._packing import check_cu_seqlens, document_ids, positions_in_document
 
 
 def _round_up(x: float, multiple: int) -> int:
@@ -195,15 +202,27 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         return x.view(B, S, self.num_heads, self.head_dim).transpose(1, 2)  # (B, NH, S, DH)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache]:
-        """x (B, S, D) -> (B, S, D) and the cache grown from T to T + S tokens."""
+    def forward(self, x: torch.Tensor, cache: KVCache | None,
+                cu_seqlens: tuple[int, ...] | None = None) -> tuple[torch.Tensor, KVCache | None]:
+        """x (B, S, D) -> (B, S, D) and the cache grown from T to T + S tokens.
+
+        cu_seqlens: checked boundaries of documents packed in one row (no cache in or out).
+        """
         B, S, D = x.shape
         past = 0 if cache is None else cache.keys.shape[2]
-        positions = torch.arange(past, past + S, device=x.device)
+        if cu_seqlens is not None:
+            positions = positions_in_document(cu_seqlens, x.device)  # (S,) restarting at every document
+        else:
+            positions = torch.arange(past, past + S, device=x.device)
         cos, sin = rope_angles(positions, self.head_dim, self.rope_base, _compute_dtype(x.dtype))  # (S, DH/2)
         q = apply_rope(self._heads(self.q_proj(x)), cos, sin)  # (B, NH, S, DH)
         k = apply_rope(self._heads(self.k_proj(x)), cos, sin)  # (B, NH, S, DH)
         v = self._heads(self.v_proj(x))  # (B, NH, S, DH)
+        if cu_seqlens is not None:
+            doc = document_ids(cu_seqlens, x.device)  # (S,)
+            allowed = torch.ones(S, S, dtype=torch.bool, device=x.device).tril() & (doc[:, None] == doc[None, :])
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, NH, S, DH) block-diagonal
+            return self.out_proj(out.transpose(1, 2).reshape(B, S, D)), None
         if cache is not None:
             k = torch.cat((cache.keys, k), dim=2)  # (B, NH, T + S, DH)
             v = torch.cat((cache.values, v), dim=2)
@@ -242,8 +261,9 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = SwiGLU(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache]:
-        attn_out, cache = self.attn(self.attn_norm(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None,
+                cu_seqlens: tuple[int, ...] | None = None) -> tuple[torch.Tensor, KVCache | None]:
+        attn_out, cache = self.attn(self.attn_norm(x), cache, cu_seqlens)
         x = x + attn_out
         return x + self.ffn(self.ffn_norm(x)), cache
 
@@ -280,9 +300,15 @@ class Transformer(LanguageModel):
                 nn.init.normal_(param, std=std)
 
     def forward(
-        self, input_ids: torch.Tensor, state: TransformerState | None = None
-    ) -> tuple[torch.Tensor, TransformerState]:
-        """input_ids (B, S) integer -> logits (B, S, V) and the cache holding T + S tokens."""
+        self, input_ids: torch.Tensor, state: TransformerState | None = None, cu_seqlens: torch.Tensor | None = None,
+        *, return_state: bool = True,
+    ) -> tuple[torch.Tensor, TransformerState | None]:
+        """input_ids (B, S) integer -> logits (B, S, V) and the cache holding T + S tokens.
+
+        With ``cu_seqlens`` (documents packed in input_ids (1, S); module docstring): logits only,
+        the state returned is None and none may be passed. return_state=False: None for the state too
+        (the same surface as the xLSTM models; the cache is built either way).
+        """
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must be an int64 (or int32) tensor, got "
                             f"{input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}")
@@ -295,10 +321,15 @@ class Transformer(LanguageModel):
             if state.blocks[0].keys.shape[0] != input_ids.shape[0]:
                 raise ValueError(f"state holds batch {state.blocks[0].keys.shape[0]} but input_ids has "
                                  f"batch {input_ids.shape[0]}")
+        if cu_seqlens is not None:
+            cu_seqlens = check_cu_seqlens(cu_seqlens, input_ids.shape[1], input_ids.shape[0])
+            if state is not None:
+                raise ValueError("state cannot be passed with cu_seqlens: packed documents start from an empty "
+                                 "cache and return none")
         x = self.embedding(input_ids)  # (B, S, D)
         caches = []
         for i, block in enumerate(self.blocks):
-            x, cache = block(x, None if state is None else state.blocks[i])
+            x, cache = block(x, None if state is None else state.blocks[i], cu_seqlens)
             caches.append(cache)
         logits = self.lm_head(self.out_norm(x))  # (B, S, V)
-        return logits, TransformerState(tuple(caches))
+        return logits, (None if cu_seqlens is not None or not return_state else TransformerState(tuple(caches)))

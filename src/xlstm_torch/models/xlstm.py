@@ -27,10 +27,13 @@ from .state import ModelState, check_inputs, run_blocks
 class XLSTMLanguageModel(LanguageModel):
     """xLSTM[a:b] language model. forward(input_ids (B, S), state=None) -> logits (B, S, V), ModelState.
 
-    Logits are in the model's dtype.
+    Logits are in the model's dtype. forward(input_ids (1, S), cu_seqlens=...) runs packed documents,
+    each as if alone, and returns one state row per document (models/state.py). return_state=False (a
+    training step) computes no final state and returns None for it.
     """
 
     model_type = "xlstm"
+    supports_packed_states = True
     config_class = XLSTMConfig
 
     def __init__(self, config: XLSTMConfig):
@@ -70,9 +73,10 @@ class XLSTMLanguageModel(LanguageModel):
         if not self.config.tie_weights:
             small_init_(self.lm_head.weight, self.config.embedding_dim)
 
-    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None) -> tuple[torch.Tensor, ModelState]:
-        block_states = check_inputs(input_ids, state, len(self.blocks))
+    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, ModelState | None]:
+        block_states = check_inputs(input_ids, state, len(self.blocks), cu_seqlens)
         x = self.embedding_dropout(self.embedding(input_ids))  # (B, S, D)
-        x, state = run_blocks(self.blocks, x, block_states)  # (B, S, D)
+        x, state = run_blocks(self.blocks, x, block_states, cu_seqlens, return_state)  # (B, S, D)
         logits = self.lm_head(self.out_norm(x))  # (B, S, V)
         return logits, state

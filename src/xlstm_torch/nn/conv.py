@@ -4,7 +4,8 @@ the sLSTM block).
 
 Each channel has its own kernel of K taps; the output at step t sees inputs t-K+1 .. t only.
 The carried state is the last K-1 inputs, so a sequence fed in pieces (or one step at a time)
-gives the same output as one call.
+gives the same output as one call. Packed documents (``cu_seqlens``, xlstm_torch/ops/_packing.py)
+each start from their own state: no output sees an input of another document.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from xlstm_torch.ops._packing import check_cu_seqlens, document_ids
 
 
 class CausalConv1d(nn.Module):
@@ -40,17 +43,43 @@ class CausalConv1d(nn.Module):
         if self.bias is not None:
             self.bias.uniform_(-bound, bound)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, S, D); state: (B, K-1, D) the inputs just before x, or None for zeros.
 
         Returns y (B, S, D) and the new state (B, K-1, D): the last K-1 inputs seen.
+        cu_seqlens: optional (ND + 1,) int64 boundaries of ND documents packed in one row (B == 1);
+        then state rows are documents: (ND, K-1, D) in (None: zeros) and out.
         """
         B, S, D = x.shape
+        if cu_seqlens is not None:
+            return self._packed(x, state, check_cu_seqlens(cu_seqlens, S, B))
         if state is None:
             state = x.new_zeros(B, self.kernel_size - 1, D)
         window = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+S, D)
-        y = F.conv1d(window.transpose(1, 2), self.weight[:, None, :], self.bias, groups=D)  # (B, D, S)
-        return y.transpose(1, 2), window[:, S:]  # (B, S, D), (B, K-1, D)
+        return self._conv(window), window[:, S:]  # (B, S, D), (B, K-1, D)
+
+    def _conv(self, window: torch.Tensor) -> torch.Tensor:
+        """(B, K-1+S, D) inputs -> (B, S, D) outputs, one per full window of K."""
+        y = F.conv1d(window.transpose(1, 2), self.weight[:, None, :], self.bias, groups=self.dim)  # (B, D, S)
+        return y.transpose(1, 2)
+
+    def _packed(self, x: torch.Tensor, state: torch.Tensor | None, cu_seqlens: tuple[int, ...]):
+        """Each document gets K-1 slots of its own state in front of it (zeros when None), then one
+        convolution runs over the whole row: every window of K then lies inside one document."""
+        _, S, D = x.shape
+        K1, ND = self.kernel_size - 1, len(cu_seqlens) - 1
+        doc = document_ids(cu_seqlens, x.device)  # (S,)
+        slot = torch.arange(S, device=x.device) + (doc + 1) * K1  # (S,) where each token sits in the window
+        starts = torch.tensor(cu_seqlens, device=x.device)
+        offsets = torch.arange(ND, device=x.device) * K1
+        prefix = ((starts[:-1] + offsets)[:, None] + torch.arange(K1, device=x.device)).flatten()  # (ND·(K-1),)
+        window = x.new_zeros(1, S + ND * K1, D).index_copy(1, slot, x)  # (1, S + ND·(K-1), D)
+        if state is not None:
+            window = window.index_copy(1, prefix, state.to(x.dtype).reshape(1, ND * K1, D))
+        y = self._conv(window)[:, slot - K1]  # (1, S, D)
+        suffix = prefix + (starts[1:] - starts[:-1]).repeat_interleave(K1)  # the last K-1 slots of each document
+        return y, window[0, suffix].view(ND, K1, D)  # (1, S, D), (ND, K-1, D)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, kernel_size={self.kernel_size}, bias={self.bias is not None}"

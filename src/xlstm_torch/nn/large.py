@@ -31,6 +31,8 @@ INPUT_GATE_BIAS_INIT = -10.0  # xLSTM 7B: a strongly negative input gate keeps e
 class LargeMLSTMLayer(nn.Module):
     """x: (B, S, D) -> y (B, S, D), LayerState(conv None, cell MLSTMState).
 
+    With ``cu_seqlens`` (documents packed in one row, B == 1) the state rows are documents, in and out.
+
     qk width D_qk = qk_dim_factor * D, value width D_v = v_dim_factor * D, both split over NH heads.
     ``num_blocks`` only sets the scale of out_proj's init (wang init).
     """
@@ -73,7 +75,8 @@ class LargeMLSTMLayer(nn.Module):
         self.fgate_preact.bias.copy_(torch.linspace(3.0, 6.0, self.num_heads))
         self.multihead_norm.reset_parameters()
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
         B, S, _ = x.shape
         NH = self.num_heads
         q = self.q(x).view(B, S, NH, -1)  # (B, S, NH, DK)
@@ -83,9 +86,10 @@ class LargeMLSTMLayer(nn.Module):
         i = soft_cap(self.igate_preact(x), self.gate_soft_cap)  # (B, S, NH)
         f = soft_cap(self.fgate_preact(x), self.gate_soft_cap)  # (B, S, NH)
         h, cell_state = multihead_mlstm(q, k, v, i, f, None if state is None else state.cell,
-                                        chunk_size=self.chunk_size)  # (B, S, NH, DV)
+                                        chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
+                                        return_state=return_state)  # (B, S, NH, DV)
         h = o * self.multihead_norm(h).reshape(B, S, -1)  # (B, S, D_v)
-        return self.out_proj(h), LayerState(None, cell_state)  # (B, S, D)
+        return self.out_proj(h), LayerState(None, cell_state) if return_state else None  # (B, S, D)
 
 
 class LargeMLSTMBlock(nn.Module):
@@ -108,7 +112,8 @@ class LargeMLSTMBlock(nn.Module):
         for module in (self.norm_mlstm, self.mlstm_layer, self.norm_ffn, self.ffn):
             module.reset_parameters()
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
-        y, state = self.mlstm_layer(self.norm_mlstm(x), state)
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, cu_seqlens, return_state=return_state)
         x = x + y
         return x + self.ffn(self.norm_ffn(x)), state

@@ -28,19 +28,24 @@ from .norm import LayerNorm, MultiHeadNorm
 from .state import LayerState
 
 
-def multihead_mlstm(q, k, v, i, f, state: ops.MLSTMState | None, *, chunk_size: int | None, eps: float = 1e-6):
+def multihead_mlstm(q, k, v, i, f, state: ops.MLSTMState | None, *, chunk_size: int | None, eps: float = 1e-6,
+                    cu_seqlens: torch.Tensor | None = None, return_state: bool = True):
     """Run the mLSTM cell on head-split inputs in the layers' (B, S, NH, ...) layout.
 
     q, k: (B, S, NH, DK); v: (B, S, NH, DV); i, f: (B, S, NH) gate pre-activations.
     Returns h (B, S, NH, DV) in v's dtype and the final MLSTMState.
     One-token calls take ``ops.mlstm_step`` directly: the decoding step is O(1) in the context length.
+    cu_seqlens: packed documents (B == 1), as in ``ops.mlstm``: state rows are documents.
+    return_state=False: the final state is not computed (training); None in its place.
     """
-    if q.shape[1] == 1:
+    if q.shape[1] == 1 and cu_seqlens is None:
         sdtype = state_dtype(q.dtype)  # the op contract: cell arithmetic in float32 (float64 for float64)
         h, state = ops.mlstm_step(*(x[:, 0].to(sdtype) for x in (q, k, v, i, f)), state, eps)  # h (B, NH, DV)
         return h.to(v.dtype)[:, None], state  # (B, 1, NH, DV)
-    h, state = ops.mlstm(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), i.transpose(1, 2),
-                         f.transpose(1, 2), state=state, return_state=True, chunk_size=chunk_size, eps=eps)
+    out = ops.mlstm(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), i.transpose(1, 2),
+                    f.transpose(1, 2), state=state, return_state=return_state, chunk_size=chunk_size, eps=eps,
+                    cu_seqlens=cu_seqlens)
+    h, state = out if return_state else (out, None)
     return h.transpose(1, 2), state  # (B, S, NH, DV)
 
 
@@ -48,6 +53,7 @@ class MLSTMLayer(nn.Module):
     """mLSTM layer with pre up-projection (everything of the block but the pre-norm and residual).
 
     x: (B, S, D) -> y (B, S, D), LayerState(conv (B, K-1, Di), cell MLSTMState).
+    With ``cu_seqlens`` (documents packed in one row, B == 1) the state rows are documents, in and out.
     Di = proj_factor * D rounded up to ``round_up_to_multiple_of``; NH heads of width Di/NH for q,
     k and v. ``num_blocks`` only sets the scale of proj_down's init (wang init).
     """
@@ -113,21 +119,23 @@ class MLSTMLayer(nn.Module):
         preacts = F.linear(v, w_v, bias).add_(F.linear(q, w_q)).add_(F.linear(k, w_k))  # (B, S, 2 NH)
         return preacts[..., :NH], preacts[..., NH:]
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
         B, S, _ = x.shape
         NH, DH = self.num_heads, self.head_dim
         conv_state, cell_state = (None, None) if state is None else state
         x_in, z = self.proj_up(x).chunk(2, dim=-1)  # (B, S, Di) each
-        x_conv, conv_state = self.conv(x_in, conv_state)
+        x_conv, conv_state = self.conv(x_in, conv_state, cu_seqlens)
         x_conv = F.silu(x_conv)  # (B, S, Di)
         q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_in)  # (B, S, Di) each
         i, f = self.gate_preacts(q, k, v)  # (B, S, NH) each
         h, cell_state = multihead_mlstm(q.view(B, S, NH, DH), k.view(B, S, NH, DH), v.view(B, S, NH, DH), i, f,
-                                        cell_state, chunk_size=self.chunk_size)  # (B, S, NH, DH)
+                                        cell_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
+                                        return_state=return_state)  # (B, S, NH, DH)
         h = self.multihead_norm(h).reshape(B, S, -1)  # (B, S, Di)
         h = (h + self.learnable_skip * x_conv) * F.silu(z)
         y = self.dropout(self.proj_down(h))  # (B, S, D)
-        return y, LayerState(conv_state, cell_state)
+        return y, LayerState(conv_state, cell_state) if return_state else None
 
 
 class MLSTMBlock(nn.Module):
@@ -145,6 +153,7 @@ class MLSTMBlock(nn.Module):
         self.norm_mlstm.reset_parameters()
         self.mlstm_layer.reset_parameters()
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
-        y, state = self.mlstm_layer(self.norm_mlstm(x), state)
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
+        y, state = self.mlstm_layer(self.norm_mlstm(x), state, cu_seqlens, return_state=return_state)
         return x + y, state

@@ -44,6 +44,7 @@ class SLSTMLayer(nn.Module):
     """sLSTM layer: gate inputs, the sLSTM cell and the per-head norm.
 
     x: (B, S, D) -> y (B, S, D), LayerState(conv (B, K-1, D) or None, cell SLSTMState).
+    With ``cu_seqlens`` (documents packed in one row, B == 1) the state rows are documents, in and out.
     Parameters named as in ``xlstm_torch.ops.slstm``: recurrent_kernel r (NH, 4, DH, DH) and bias b
     (NH, 4, DH), gates in the order (i, f, z, o). ``block_index``/``num_blocks`` set the forget-gate
     bias init (``powerlaw_forget_bias``).
@@ -85,20 +86,22 @@ class SLSTMLayer(nn.Module):
         self.bias[:, 1] = powerlaw_forget_bias(self.head_dim, self.block_index, self.num_blocks)
         self.multihead_norm.reset_parameters()
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
         B, S, D = x.shape
         conv_state, cell_state = (None, None) if state is None else state
         if self.conv is not None:
-            x_conv, conv_state = self.conv(x, conv_state)
+            x_conv, conv_state = self.conv(x, conv_state, cu_seqlens)
             x_conv = F.silu(x_conv)  # (B, S, D)
         else:
             x_conv = x
         gate_inputs = (self.igate_preact(x_conv), self.fgate_preact(x_conv), self.zgate_preact(x), self.ogate_preact(x))
         wx = torch.stack([g.view(B, S, self.num_heads, self.head_dim) for g in gate_inputs], dim=3)  # (B, S, NH, 4, DH)
-        h, cell_state = ops.slstm(wx, self.recurrent_kernel.to(wx.dtype), self.bias.to(wx.dtype), state=cell_state,
-                                  return_state=True)  # (B, S, NH, DH)
+        out = ops.slstm(wx, self.recurrent_kernel.to(wx.dtype), self.bias.to(wx.dtype), state=cell_state,
+                        return_state=return_state, cu_seqlens=cu_seqlens)
+        h, cell_state = out if return_state else (out, None)  # h (B, S, NH, DH)
         y = self.dropout(self.multihead_norm(h).reshape(B, S, D))  # (B, S, D)
-        return y, LayerState(conv_state, cell_state)
+        return y, LayerState(conv_state, cell_state) if return_state else None
 
 
 class SLSTMBlock(nn.Module):
@@ -124,7 +127,8 @@ class SLSTMBlock(nn.Module):
         for module in (self.norm_slstm, self.slstm_layer, self.norm_ffn, self.ffn):
             module.reset_parameters()
 
-    def forward(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
-        y, state = self.slstm_layer(self.norm_slstm(x), state)
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
+                *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
+        y, state = self.slstm_layer(self.norm_slstm(x), state, cu_seqlens, return_state=return_state)
         x = x + y
         return x + self.ffn(self.norm_ffn(x)), state

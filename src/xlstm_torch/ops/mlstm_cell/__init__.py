@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_choice, check_positive_int, check_state, check_tensor, state_dtype
+from .._packing import check_cu_seqlens
 from .chunkwise import mlstm_chunkwise
 from .parallel import mlstm_parallel
 from .recurrent import mlstm_recurrent, mlstm_step
@@ -38,13 +39,18 @@ def select_backend(S: int, device: torch.device, requires_grad: bool) -> str:
 
 
 def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str | None = None,
-          chunk_size: int | None = None, eps: float = 1e-6):
+          chunk_size: int | None = None, eps: float = 1e-6, cu_seqlens: torch.Tensor | None = None):
     """The mLSTM cell over a sequence (MATH.md "The op-level contract").
 
     q, k: (B, NH, S, DK)   v: (B, NH, S, DV)   i, f: (B, NH, S) input/forget gate pre-activations
     state: optional MLSTMState (C̄ (B, NH, DK, DV), n̄ (B, NH, DK), m (B, NH)) to start from.
     Returns h (B, NH, S, DV) in q's dtype, and with ``return_state`` also the final MLSTMState
     (float32, or float64 for float64 inputs).
+
+    cu_seqlens: optional (D + 1,) int64 [0, l_1, l_1 + l_2, ..., S] for D documents packed back to
+    back in one row (B == 1; ops/_packing.py). Every backend then gives exactly what each document
+    run alone gives: each starts from the empty state, or from row d of a ``state`` with D rows
+    (C̄ (D, NH, DK, DV), n̄ (D, NH, DK), m (D, NH)); the final state has D rows, one per document.
     """
     check_tensor("q", q, 4)
     B, NH, S, DK = q.shape
@@ -63,9 +69,13 @@ def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str
         check_positive_int("chunk_size", chunk_size)
     if not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    rows = B  # rows of the state: batch rows, or documents when packed
+    if cu_seqlens is not None:
+        cu_seqlens = check_cu_seqlens(cu_seqlens, S, B)
+        rows = len(cu_seqlens) - 1
     sdtype = state_dtype(dtype)
     if state is not None:
-        state = check_state("state", state, {"C": (B, NH, DK, DV), "n": (B, NH, DK), "m": (B, NH)}, device)
+        state = check_state("state", state, {"C": (rows, NH, DK, DV), "n": (rows, NH, DK), "m": (rows, NH)}, device)
         state = MLSTMState(*(x.to(sdtype) for x in state))
 
     requires_grad = torch.is_grad_enabled() and any(
@@ -73,9 +83,10 @@ def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str
     name = backend or select_backend(S, device, requires_grad)
     args = [x.to(sdtype) for x in (q, k, v, i, f)]
     if name == "chunkwise":
-        h, final = mlstm_chunkwise(*args, state=state, eps=float(eps), chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
+        h, final = mlstm_chunkwise(*args, state=state, eps=float(eps), chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+                                   cu_seqlens=cu_seqlens)
     else:
-        h, final = BACKENDS[name](*args, state=state, eps=float(eps))
+        h, final = BACKENDS[name](*args, state=state, eps=float(eps), cu_seqlens=cu_seqlens)
     h = h.to(dtype)
     return (h, final) if return_state else h
 

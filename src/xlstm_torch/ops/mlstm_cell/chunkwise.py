@@ -19,6 +19,13 @@ the state dtype (float32, or float64 for float64 inputs).
 Backward (``ChunkwiseMLSTM.backward``) recomputes the chunk states with one scan instead of storing
 them, and returns the exact gradient of the definition, including the small terms through the
 stabiliser: m_j enters h through eps, and the returned state's m is an output in its own right.
+
+Packed documents (``cu_seqlens``): documents are aligned to chunks. Each document starts a chunk
+and its last chunk is padded with no-op steps (ĩ = -inf, f̃ = +inf, q = k = v = 0), so no chunk holds
+two documents (the waste is < L steps per document). Every chunk-level recursion (the stabilisers,
+the state scan and its reverse) then runs per document, from that document's initial state, and
+the state leaving a document's last chunk is its final state: nothing crosses a document start,
+in the forward or the backward. The unpacked call is the case of one document per batch row.
 """
 
 from __future__ import annotations
@@ -33,11 +40,12 @@ from .state import MLSTMState, normaliser_floor
 SAFE_EXPONENT = 40.0  # exp(40) ~ 2e17: row factors stay far from overflow; lost terms are < e^-47
 
 
-def _gate_stats(i64, f64, m0, L: int):
+def _gate_stats(i64, f64, m0, L: int, chunk_bounds):
     """Stabilisers and log-weights of the chunkwise form, all float64.
 
     i64, f64: (BH, S_pad) gate pre-activations (padding: i = -inf, f = +inf, i.e. a no-op step)
-    m0: (BH,) log-scale of the initial state (-inf when empty)
+    m0: (BH, D) log-scale of each document's initial state (-inf when empty)
+    chunk_bounds: (0, ..., nc) the first chunk of each document, then nc
     Returns a dict of (BH, nc, L) and (BH, nc) tensors named as in the module docstring.
     """
     BH, S_pad = i64.shape
@@ -48,11 +56,16 @@ def _gate_stats(i64, f64, m0, L: int):
     u = i64.view(BH, nc, L) - b  # (BH, nc, L)
     u_cummax = torch.cummax(u, dim=-1).values  # (BH, nc, L)
     c = u_cummax[..., -1]  # (BH, nc)
-    # m_k = g_k + max(m_{k-1}, c_k), solved in closed form over chunks: with G_k = g_1 + ... + g_k,
-    # m_k - G_k = max(m0, max_{r<=k} (c_r - G_{r-1})).
-    G = torch.cumsum(g, dim=-1)
-    m_chunk = G + torch.maximum(m0[:, None], torch.cummax(c - (G - g), dim=-1).values)  # (BH, nc)
-    m_prev = torch.cat([m0[:, None], m_chunk[:, :-1]], dim=1)  # (BH, nc) state entering chunk k
+    # Per document, m_k = g_k + max(m_{k-1}, c_k), solved in closed form over its chunks: with
+    # G_k = g_1 + ... + g_k, m_k - G_k = max(m0, max_{r<=k} (c_r - G_{r-1})).
+    m_chunk, m_prev = [], []
+    for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
+        G = torch.cumsum(g[:, k0:k1], dim=-1)
+        m_doc = G + torch.maximum(m0[:, d : d + 1], torch.cummax(c[:, k0:k1] - (G - g[:, k0:k1]), dim=-1).values)
+        m_chunk.append(m_doc)
+        m_prev.extend([m0[:, d : d + 1], m_doc[:, :-1]])
+    m_chunk = torch.cat(m_chunk, dim=1)  # (BH, nc)
+    m_prev = torch.cat(m_prev, dim=1)  # (BH, nc) state entering chunk k
     M = torch.maximum(m_prev[..., None], u_cummax)  # (BH, nc, L)  M_j = m_j - b_j
     return dict(b=b, g=g, u=u, c=c, M=M, m_prev=m_prev, m_chunk=m_chunk, m_step=b + M)
 
@@ -70,77 +83,108 @@ def _intra_log_weights(q, k, v, u, M, DK: int):
     return ((q @ k.transpose(-1, -2)) * w) @ v
 
 
-def _chunks(x: torch.Tensor, nc: int, L: int, *, ones_column: bool = False) -> torch.Tensor:
+class _Layout:
+    """Where the S tokens sit on the chunked time axis of nc·L steps.
+
+    Unpacked: in order, with a no-op tail in the last chunk. Packed (``cu_seqlens``, module
+    docstring): each document from the start of a chunk. ``chunk_bounds`` (0, ..., nc) holds the
+    first chunk of each document and then nc; ``last_chunks`` the last chunk of each.
+    """
+
+    def __init__(self, S: int, L: int, cu_seqlens, device):
+        self.S, self.L = S, L
+        if cu_seqlens is None:
+            self.nc = -(-S // L)
+            self.chunk_bounds = (0, self.nc)
+            self.index = None
+        else:
+            chunks = [-(-(b - a) // L) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])]
+            self.chunk_bounds = tuple(torch.tensor([0, *chunks]).cumsum(0).tolist())
+            self.nc = self.chunk_bounds[-1]
+            starts = torch.tensor([L * k - a for k, a in zip(self.chunk_bounds, cu_seqlens[:-1])], device=device)
+            lengths = torch.tensor(cu_seqlens, device=device).diff()
+            self.index = torch.arange(S, device=device) + starts.repeat_interleave(lengths)  # (S,) padded position
+        self.last_chunks = [k - 1 for k in self.chunk_bounds[1:]]
+        self.S_pad = self.nc * L
+
+    def pad(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(BH, S, ...) -> (BH, nc·L, ...), the steps that hold no token set to ``fill``. Differentiable."""
+        if self.index is None and self.S_pad == self.S:
+            return x
+        out = x.new_full((x.shape[0], self.S_pad, *x.shape[2:]), fill)
+        if self.index is None:
+            return torch.cat([x, out[:, self.S :]], dim=1)
+        return out.index_copy(1, self.index, x)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(BH, nc·L, ...) -> (BH, S, ...): the steps that hold tokens."""
+        return x[:, : self.S] if self.index is None else x.index_select(1, self.index)
+
+
+def _chunks(x: torch.Tensor, layout: _Layout, *, ones_column: bool = False) -> torch.Tensor:
     """(BH, S, D) -> (BH, nc, L, D) zero-padded in time; with ``ones_column`` -> (BH, nc, L, D + 1).
 
     The column of ones turns the normaliser into one more value column: every product that makes
     the numerator then makes the denominator in the same matrix multiply (n̄ rides along with C̄).
     """
     BH, S, D = x.shape
-    if not ones_column and S == nc * L:
-        return x.reshape(BH, nc, L, D)
-    out = x.new_empty(BH, nc * L, D + ones_column)
-    out[:, :S, :D] = x
-    out[:, S:, :D] = 0.0
-    if ones_column:
-        out[:, :, D] = 1.0
-    return out.view(BH, nc, L, D + ones_column)
+    nc, L = layout.nc, layout.L
+    if not ones_column:
+        return layout.pad(x).reshape(BH, nc, L, D)
+    out = x.new_zeros(BH, nc * L, D + 1) if layout.index is not None else x.new_empty(BH, nc * L, D + 1)
+    if layout.index is None:
+        out[:, :S, :D] = x
+        out[:, S:, :D] = 0.0
+    else:
+        out[:, :, :D].index_copy_(1, layout.index, x)
+    out[:, :, D] = 1.0
+    return out.view(BH, nc, L, D + 1)
 
 
 class ChunkwiseMLSTM(torch.autograd.Function):
-    """The chunkwise form with a hand-written backward; states carry n̄ as column DV of C̄."""
+    """The chunkwise form with a hand-written backward; states carry n̄ as column DV of C̄.
+
+    Inputs q, k (B, NH, S, DK), v (B, NH, S, DV), i, f (B, NH, S); the initial states of the
+    documents C0 (BH, D, DK, DV+1) and m0 (BH, D); ``cu_seqlens`` None (D = 1: each batch row is one
+    document) or the document boundaries (B = 1). Outputs h (B, NH, S, DV) and the final states
+    C_last (BH, D, DK, DV+1), m_last (BH, D).
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size: int, eps: float):
+    def forward(ctx, q, k, v, i, f, C0, m0, chunk_size: int, eps: float, cu_seqlens):
         B, NH, S, DK = q.shape
         DV = v.shape[-1]
-        BH, L = B * NH, chunk_size
-        nc = -(-S // L)
-        st = _gate_stats(*_padded_gates(i, f, BH, nc * L), m0.reshape(BH).double(), L)
-        qc = _chunks(q.reshape(BH, S, DK), nc, L)
-        kc = _chunks(k.reshape(BH, S, DK), nc, L)
-        vc = _chunks(v.reshape(BH, S, DV), nc, L, ones_column=True)
-        C0 = torch.cat([C0.reshape(BH, DK, DV), n0.reshape(BH, DK, 1)], dim=-1)  # (BH, DK, DV + 1)
-
-        fac = _chunk_factors(st, q.dtype, DK)
-        kw = kc * fac["w"][..., None]  # (BH, nc, L, DK)  k_l exp(u_l - c) / sqrt(DK)
-        C_in, C_last = _scan_states(kw, vc, fac, C0)
+        BH = B * NH
+        fw = _Forward(q, k, v, i, f, C0, m0, _Layout(S, chunk_size, cu_seqlens, q.device))
+        st, fac, qc, kc, vc, kw = fw.st, fw.fac, fw.qc, fw.kc, fw.vc, fw.kw
         q_row = qc * fac["row"][..., None]
         scores = _flat(q_row @ kw.transpose(-1, -2)).tril_()  # (BH nc, L, L)
         if fac["unsafe"] is not None:
             scores[fac["unsafe"]] = 0.0
-        num = torch.baddbmm(_flat(qc * fac["carry"][..., None]) @ _flat(C_in), scores, _flat(vc))  # (BH nc, L, DV+1)
+        num = torch.baddbmm(_flat(qc * fac["carry"][..., None]) @ _flat(fw.C_in), scores, _flat(vc))  # (BH nc, L, DV+1)
         if fac["unsafe"] is not None:
             num[fac["unsafe"]] += _intra_unsafe(qc, kc, vc, st, fac["unsafe"])
         den = num[..., DV]  # (BH nc, L)
         Q = torch.maximum(den.abs(), normaliser_floor(st["m_step"], q.dtype).view_as(den)) + eps
         h_pad = num[..., :DV] / Q[..., None]  # (BH nc, L, DV)
-        h = h_pad.view(BH, nc * L, DV)[:, :S].reshape(B, NH, S, DV)
+        h = fw.layout.unpad(h_pad.view(BH, -1, DV)).reshape(B, NH, S, DV)
         ctx.save_for_backward(q, k, v, i, f, C0, m0, h_pad, den.contiguous(), Q)
-        ctx.chunk_size, ctx.eps = chunk_size, eps
-        C_last, n_last = C_last.split([DV, 1], dim=-1)
-        return h, C_last.reshape(B, NH, DK, DV), n_last.reshape(B, NH, DK), st["m_chunk"][:, -1].to(q.dtype).reshape(B, NH)
+        ctx.chunk_size, ctx.eps, ctx.cu_seqlens = chunk_size, eps, cu_seqlens
+        return h, fw.C_last, st["m_chunk"][:, fw.layout.last_chunks].to(q.dtype)
 
     @staticmethod
-    def backward(ctx, dh, dC_last, dn_last, dm_last):
+    def backward(ctx, dh, dC_last, dm_last):
         q, k, v, i, f, C0, m0, h_pad, den, Q = ctx.saved_tensors
-        L, eps = ctx.chunk_size, ctx.eps
+        eps = ctx.eps
         B, NH, S, DK = q.shape
         DV = v.shape[-1]
         BH, dtype = B * NH, q.dtype
-        nc = -(-S // L)
-        i64, f64 = _padded_gates(i, f, BH, nc * L)
-        m0_64 = m0.reshape(BH).double()
-        st = _gate_stats(i64, f64, m0_64, L)
-        qc = _chunks(q.reshape(BH, S, DK), nc, L)
-        kc = _chunks(k.reshape(BH, S, DK), nc, L)
-        vc = _chunks(v.reshape(BH, S, DV), nc, L, ones_column=True)
-        fac = _chunk_factors(st, dtype, DK)
-        kw = kc * fac["w"][..., None]
-        C_in, C_last = _scan_states(kw, vc, fac, C0)
+        fw = _Forward(q, k, v, i, f, C0, m0, _Layout(S, ctx.chunk_size, ctx.cu_seqlens, q.device))
+        layout, st, fac, qc, vc, kw, C_in, C_last = fw.layout, fw.st, fw.fac, fw.qc, fw.vc, fw.kw, fw.C_in, fw.C_last
+        L, nc = layout.L, layout.nc
 
         # h_j = num_j / Q_j with Q_j = max(|den_j|, exp(-m_j)) + eps; num_j, den_j ∝ exp(ℓ_j).
-        dh = torch.zeros_like(h_pad) if dh is None else _chunks(dh.reshape(BH, S, DV), nc, L).reshape_as(h_pad)
+        dh = torch.zeros_like(h_pad) if dh is None else layout.pad(dh.reshape(BH, S, DV)).reshape_as(h_pad)
         dh_dot_h = (dh * h_pad).sum(-1)  # (BH nc, L)
         floor = normaliser_floor(st["m_step"], dtype).view_as(den)
         dden = -dh_dot_h / Q * torch.sign(den) * (den.abs() > floor).to(dtype)
@@ -153,15 +197,15 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         dnum_carry = dnum * fac["carry"].view(-1, L, 1)
         dq = dnum_carry @ _flat(C_in).transpose(-1, -2)  # (BH nc, L, DK)
         into_state = _flat(qc).transpose(-1, -2) @ dnum_carry  # (BH nc, DK, DV+1)
-        dC_last = torch.cat([
-            torch.zeros(BH, DK, DV, dtype=dtype, device=q.device) if dC_last is None else dC_last.reshape(BH, DK, DV),
-            torch.zeros(BH, DK, 1, dtype=dtype, device=q.device) if dn_last is None else dn_last.reshape(BH, DK, 1),
-        ], dim=-1)
-        dC_end, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac)
-        # dg_k = <dC̄_end_k, C̄_end_k>: both parts of the state leaving chunk k are ∝ exp(g_k).
+        if dC_last is None:
+            dC_last = torch.zeros_like(C_last)
+        dC_end, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac,
+                                                   layout.chunk_bounds)
+        # dg_k = <dC̄_end_k, C̄_end_k>: both parts of the state leaving chunk k are ∝ exp(g_k). That
+        # state is the next chunk's input, or for a document's last chunk the document's final state.
         dg = torch.empty(BH, nc, dtype=dtype, device=q.device)
         dg[:, :-1] = _dot(dC_end[:, :-1], C_in[:, 1:])
-        dg[:, -1] = _dot(dC_end[:, -1], C_last)
+        dg[:, layout.last_chunks] = _dot(dC_end[:, layout.last_chunks], C_last)
 
         # Intra-chunk part: num += tril((q exp(c - M_j)) kwᵀ) v.
         dnum_row = dnum * fac["row"].view(-1, L, 1)
@@ -180,7 +224,7 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         if fac["unsafe"] is not None:
             sel = fac["unsafe"]
             with torch.enable_grad():
-                leaves = [_flat(x)[sel].detach().requires_grad_(True) for x in (qc, kc, vc, st["u"])]
+                leaves = [_flat(x)[sel].detach().requires_grad_(True) for x in (qc, fw.kc, vc, st["u"])]
                 num_u = _intra_log_weights(*leaves, st["M"].reshape(-1, L)[sel], DK)
                 gq, gk, gv, gu = torch.autograd.grad(num_u, leaves, dnum[sel])
             dq[sel] += gq
@@ -192,35 +236,45 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         db = (dl - du).double().view(BH, nc, L)
         db[..., -1] += dg.double()
         dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
-        di = du.double().reshape(BH, nc * L)
-        df = dlog_f * torch.sigmoid(-f64)
+        di = layout.unpad(du.double().reshape(BH, nc * L))  # (BH, S)
+        df = layout.unpad(dlog_f * torch.sigmoid(-fw.f64))
 
         # Stabiliser path (module docstring): h_j depends on m_j through eps; the returned m is an
         # output and the returned C̄, n̄ carry exp(-m); dm0 also collects the initial state's scale.
         dm_step = (-eps * dh_dot_h / Q).double().view(BH, nc, L)
-        dm_final = -_dot(dC_last, C_last)
+        dm_final = -_dot(dC_last, C_last)  # (BH, D)
         if dm_last is not None:
-            dm_final = dm_final + dm_last.reshape(BH)
-        dm0 = _dot(dC0, C0).double()
+            dm_final = dm_final + dm_last
+        dm0 = _dot(dC0, C0).double()  # (BH, D)
         if eps != 0.0 or bool((dm_final != 0).any()):
-            gi, gf, gm0 = _stabiliser_grads(i64, f64, m0_64, S, L, dm_step, dm_final.double())
-            di[:, :S] += gi
-            df[:, :S] += gf
+            gi, gf, gm0 = _stabiliser_grads(i, f, m0, layout, dm_step, dm_final.double())
+            di += gi
+            df += gf
             dm0 = dm0 + gm0
 
-        dC0, dn0 = dC0.split([DV, 1], dim=-1)
-        return (
-            dq.view(BH, nc * L, DK)[:, :S].reshape(B, NH, S, DK),
-            dk.view(BH, nc * L, DK)[:, :S].reshape(B, NH, S, DK),
-            dv.reshape(BH, nc * L, DV)[:, :S].reshape(B, NH, S, DV),
-            di[:, :S].reshape(B, NH, S).to(dtype),
-            df[:, :S].reshape(B, NH, S).to(dtype),
-            dC0.reshape(B, NH, DK, DV),
-            dn0.reshape(B, NH, DK),
-            dm0.to(dtype).reshape(B, NH),
-            None,
-            None,
-        )
+        def unpad(x, D):
+            return layout.unpad(x.reshape(BH, nc * L, D)).reshape(B, NH, S, D)
+
+        return (unpad(dq, DK), unpad(dk, DK), unpad(dv, DV), di.reshape(B, NH, S).to(dtype),
+                df.reshape(B, NH, S).to(dtype), dC0, dm0.to(dtype), None, None, None)
+
+
+class _Forward:
+    """What the forward and the backward both compute: gate statistics, chunked inputs, chunk states."""
+
+    def __init__(self, q, k, v, i, f, C0, m0, layout: _Layout):
+        B, NH, S, DK = q.shape
+        DV = v.shape[-1]
+        BH = B * NH
+        self.layout = layout
+        self.i64, self.f64 = _padded_gates(i, f, layout)
+        self.st = _gate_stats(self.i64, self.f64, m0.double(), layout.L, layout.chunk_bounds)
+        self.qc = _chunks(q.reshape(BH, S, DK), layout)
+        self.kc = _chunks(k.reshape(BH, S, DK), layout)
+        self.vc = _chunks(v.reshape(BH, S, DV), layout, ones_column=True)
+        self.fac = _chunk_factors(self.st, q.dtype, DK)
+        self.kw = self.kc * self.fac["w"][..., None]  # (BH, nc, L, DK)  k_l exp(u_l - c) / sqrt(DK)
+        self.C_in, self.C_last = _scan_states(self.kw, self.vc, self.fac, C0, layout.chunk_bounds)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -228,26 +282,22 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *x.shape[2:])
 
 
-def _padded_gates(i, f, BH: int, S_pad: int):
-    """Gates in float64, padded with a no-op step (ĩ = -inf: nothing written; f̃ = +inf: nothing forgotten)."""
+def _padded_gates(i, f, layout: _Layout):
+    """Gates (B, NH, S) -> (BH, nc·L) in float64, padded with a no-op step (ĩ = -inf: nothing
+    written; f̃ = +inf: nothing forgotten). Differentiable."""
     S = i.shape[-1]
-    i64 = torch.full((BH, S_pad), float("-inf"), dtype=torch.float64, device=i.device)
-    f64 = torch.full((BH, S_pad), float("inf"), dtype=torch.float64, device=i.device)
-    i64[:, :S] = i.reshape(BH, S)
-    f64[:, :S] = f.reshape(BH, S)
-    return i64, f64
+    return (layout.pad(i.reshape(-1, S).double(), float("-inf")), layout.pad(f.reshape(-1, S).double(), float("inf")))
 
 
-def _stabiliser_grads(i64, f64, m0_64, S: int, L: int, dm_step, dm_final):
-    """Backpropagate gradients on the stabilisers (per-step m and final m) to (ĩ, f̃, m0)."""
+def _stabiliser_grads(i, f, m0, layout: _Layout, dm_step, dm_final):
+    """Backpropagate gradients on the stabilisers (per-step m and each document's final m) to
+    (ĩ (BH, S), f̃ (BH, S), m0 (BH, D)), in float64."""
     with torch.enable_grad():
-        i_leaf = i64[:, :S].detach().requires_grad_(True)
-        f_leaf = f64[:, :S].detach().requires_grad_(True)
-        m0_leaf = m0_64.detach().requires_grad_(True)
-        i_all = torch.cat([i_leaf, i64[:, S:]], dim=1)
-        f_all = torch.cat([f_leaf, f64[:, S:]], dim=1)
-        st = _gate_stats(i_all, f_all, m0_leaf, L)
-        return torch.autograd.grad((st["m_step"], st["m_chunk"][:, -1]), (i_leaf, f_leaf, m0_leaf), (dm_step, dm_final))
+        i_leaf, f_leaf, m0_leaf = (x.detach().double().requires_grad_(True) for x in (i, f, m0))
+        st = _gate_stats(*_padded_gates(i_leaf, f_leaf, layout), m0_leaf, layout.L, layout.chunk_bounds)
+        gi, gf, gm0 = torch.autograd.grad((st["m_step"], st["m_chunk"][:, layout.last_chunks]),
+                                          (i_leaf, f_leaf, m0_leaf), (dm_step, dm_final))
+    return gi.reshape(-1, layout.S), gf.reshape(-1, layout.S), gm0
 
 
 def _exp(x64, dtype):
@@ -280,50 +330,67 @@ def _dot(a, b):
     return torch.linalg.vecdot(a.flatten(-2), b.flatten(-2))
 
 
-def _scan_states(kw, vc, fac, C0):
-    """C_in[:, k] is the state entering chunk k; C_last the state after the last chunk.
+def _scan_states(kw, vc, fac, C0, chunk_bounds):
+    """C_in[:, k] is the state entering chunk k; C_last[:, d] the state after document d's last chunk.
 
-    kw: (BH, nc, L, DK); vc: (BH, nc, L, DV+1); C0: (BH, DK, DV+1).
-    C̄_{k+1} = decay_k C̄_k + inflow_k kw_kᵀ v_k, the per-chunk weights applied inside the scan.
+    kw: (BH, nc, L, DK); vc: (BH, nc, L, DV+1); C0: (BH, D, DK, DV+1) each document's initial state.
+    C̄_{k+1} = decay_k C̄_k + inflow_k kw_kᵀ v_k within a document, the per-chunk weights applied
+    inside the scan; a document's first chunk takes the document's initial state instead.
     """
     BH, nc = kw.shape[:2]
     update = kw.transpose(-1, -2) @ vc  # (BH, nc, DK, DV+1)
-    C_in = C0.new_empty(BH, nc, *C0.shape[1:])
-    C_in[:, 0] = C0
+    C_in = C0.new_empty(BH, nc, *C0.shape[2:])
+    C_last = torch.empty_like(C0)
     decay, inflow = fac["decay"][..., None, None], fac["inflow"][..., None, None]
-    for kk in range(nc - 1):
-        torch.mul(C_in[:, kk], decay[:, kk], out=C_in[:, kk + 1]).addcmul_(update[:, kk], inflow[:, kk])
-    return C_in, torch.addcmul(C_in[:, -1] * decay[:, -1], update[:, -1], inflow[:, -1])
+    for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
+        C_in[:, k0] = C0[:, d]
+        for kk in range(k0, k1 - 1):
+            torch.mul(C_in[:, kk], decay[:, kk], out=C_in[:, kk + 1]).addcmul_(update[:, kk], inflow[:, kk])
+        torch.addcmul(C_in[:, k1 - 1] * decay[:, k1 - 1], update[:, k1 - 1], inflow[:, k1 - 1], out=C_last[:, d])
+    return C_in, C_last
 
 
-def _scan_state_grads(into_state, dC_last, fac):
-    """Reverse of ``_scan_states``.
+def _scan_state_grads(into_state, dC_last, fac, chunk_bounds):
+    """Reverse of ``_scan_states``; dC_last (BH, D, DK, DV+1) is the gradient on each document's final state.
 
     Returns the gradient on the state leaving each chunk (BH, nc, DK, DV+1), the same times the
-    chunk's inflow weight (the gradient on its update kwᵀ v), and the gradient on C0.
+    chunk's inflow weight (the gradient on its update kwᵀ v), and the gradient on C0 (BH, D, DK, DV+1).
     """
-    BH, nc = into_state.shape[:2]
     decay, inflow = fac["decay"][..., None, None], fac["inflow"][..., None, None]
     dC_end = torch.empty_like(into_state)
     dC_inflow = torch.empty_like(into_state)
-    dC_end[:, -1] = dC_last
-    for kk in range(nc - 1, 0, -1):
-        torch.mul(dC_end[:, kk], inflow[:, kk], out=dC_inflow[:, kk])
-        torch.addcmul(into_state[:, kk], dC_end[:, kk], decay[:, kk], out=dC_end[:, kk - 1])
-    torch.mul(dC_end[:, 0], inflow[:, 0], out=dC_inflow[:, 0])
-    return dC_end, dC_inflow, torch.addcmul(into_state[:, 0], dC_end[:, 0], decay[:, 0])
+    dC0 = torch.empty_like(dC_last)
+    for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
+        dC_end[:, k1 - 1] = dC_last[:, d]
+        for kk in range(k1 - 1, k0, -1):
+            torch.mul(dC_end[:, kk], inflow[:, kk], out=dC_inflow[:, kk])
+            torch.addcmul(into_state[:, kk], dC_end[:, kk], decay[:, kk], out=dC_end[:, kk - 1])
+        torch.mul(dC_end[:, k0], inflow[:, k0], out=dC_inflow[:, k0])
+        torch.addcmul(into_state[:, k0], dC_end[:, k0], decay[:, k0], out=dC0[:, d])
+    return dC_end, dC_inflow, dC0
 
 
-def mlstm_chunkwise(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6, chunk_size: int = 64):
-    """Same contract as ``mlstm_reference``: returns (h (B, NH, S, DV), final MLSTMState)."""
+def mlstm_chunkwise(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6, chunk_size: int = 64,
+                    cu_seqlens: tuple[int, ...] | None = None):
+    """Same contract as ``mlstm_reference``: returns (h (B, NH, S, DV), final MLSTMState).
+
+    With ``cu_seqlens`` (B == 1) state rows are documents (module docstring), else batch rows.
+    """
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
-    L = min(chunk_size, S)
+    longest = S if cu_seqlens is None else max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+    L = min(chunk_size, longest)
+    D = 1 if cu_seqlens is None else len(cu_seqlens) - 1
+    rows = B * D  # rows of the state: batch rows, or documents
     if state is None:
-        C0 = q.new_zeros(B, NH, DK, DV)
-        n0 = q.new_zeros(B, NH, DK)
-        m0 = q.new_full((B, NH), float("-inf"))
+        C0 = q.new_zeros(B * NH, D, DK, DV + 1)
+        m0 = q.new_full((B * NH, D), float("-inf"))
     else:
-        C0, n0, m0 = state
-    h, C, n, m = ChunkwiseMLSTM.apply(q, k, v, i, f, C0, n0, m0, L, eps)
-    return h, MLSTMState(C, n, m)
+        # (B·D, NH, ...) -> (BH, D, ...): one of B and D is 1. n̄ rides along as column DV of C̄.
+        C0 = torch.cat([state.C, state.n[..., None]], dim=-1).view(B, D, NH, DK, DV + 1).transpose(1, 2)
+        C0 = C0.reshape(B * NH, D, DK, DV + 1)
+        m0 = state.m.view(B, D, NH).transpose(1, 2).reshape(B * NH, D)
+    h, C, m = ChunkwiseMLSTM.apply(q, k, v, i, f, C0, m0, L, eps, cu_seqlens)
+    C = C.view(B, NH, D, DK, DV + 1).transpose(1, 2).reshape(rows, NH, DK, DV + 1)
+    m = m.view(B, NH, D).transpose(1, 2).reshape(rows, NH)
+    return h, MLSTMState(C[..., :DV], C[..., DV], m)

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._packing import run_per_document
 from .state import MLSTMState, normaliser_floor, empty_mlstm_state
 
 
@@ -35,8 +36,15 @@ def mlstm_step(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6
     return h, MLSTMState(C, n, m_new)
 
 
-def mlstm_recurrent(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6):
-    """The sequence as S calls of ``mlstm_step``; same contract as ``mlstm_reference``."""
+def mlstm_recurrent(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6,
+                    cu_seqlens: tuple[int, ...] | None = None):
+    """The sequence as S calls of ``mlstm_step``; same contract as ``mlstm_reference``.
+
+    Packed documents (``cu_seqlens``) run one after the other, each from its own initial state.
+    """
+    if cu_seqlens is not None:
+        return run_per_document(lambda *x, state: mlstm_recurrent(*x, state=state, eps=eps),
+                                (q, k, v, i, f), 2, state, cu_seqlens)
     S = q.shape[2]
     h = q.new_empty(*q.shape[:3], v.shape[-1]) if not torch.is_grad_enabled() else None
     hs = []

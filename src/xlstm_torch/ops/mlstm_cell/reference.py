@@ -11,14 +11,21 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._packing import run_per_document
 from .state import MLSTMState, normaliser_floor, empty_mlstm_state
 
 
-def mlstm_reference(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6):
+def mlstm_reference(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6,
+                    cu_seqlens: tuple[int, ...] | None = None):
     """q, k: (B, NH, S, DK); v: (B, NH, S, DV); i, f: (B, NH, S) gate pre-activations.
 
     Returns h (B, NH, S, DV) and the final MLSTMState. Inputs must already be in the state dtype.
+    cu_seqlens: document boundaries (0, l_1, ..., S) of a packed row (B == 1; ops/_packing.py): each
+    document runs alone, from row d of ``state`` (D rows) or the empty state; the final state has D rows.
     """
+    if cu_seqlens is not None:
+        return run_per_document(lambda *x, state: mlstm_reference(*x, state=state, eps=eps),
+                                (q, k, v, i, f), 2, state, cu_seqlens)
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
     C, n, m = state if state is not None else empty_mlstm_state(B, NH, DK, DV, dtype=q.dtype, device=q.device)

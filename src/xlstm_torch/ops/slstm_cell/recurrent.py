@@ -17,6 +17,9 @@ per-op overhead and to first touches of fresh memory, not to arithmetic. Hence:
   batched matmul per chunk, Σ_t h_{t-1}ᵀ draw_t) are formed from the chunk's gate gradients.
 - Big buffers come from a pool kept between calls (_workspace.py): first touches of fresh pages
   cost about a fifth of the time otherwise.
+- Packed documents (``cu_seqlens``): both loops work on runs of at most CHUNK steps that never
+  cross a document start, so the resets to a document's initial state (and, backward, the hand-over
+  of the gradient to it) happen between runs; the per-step loops are the same as without packing.
 - The loops run in inference mode, which skips autograd bookkeeping on every view and op, and on
   one thread: ops this small gain nothing from a second thread, and on a busy machine each
   thread barrier can cost a hundred microseconds (measured: 5x slower with 2 threads under load).
@@ -37,6 +40,7 @@ from contextlib import contextmanager
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._packing import document_spans
 from ._workspace import Workspace
 from .state import SLSTMState
 
@@ -80,12 +84,30 @@ def _steps(x: torch.Tensor) -> tuple:
     return x.unbind(0)
 
 
-def _forward(wx, r, b, h0, c0, n0, m0, h_out, store: bool):
+def _pieces(cu_seqlens) -> list[tuple[int, int, int]]:
+    """(document, t0, t1) of the runs of at most CHUNK steps the loops work on, in time order.
+
+    No run crosses a document start: resets happen between runs, never inside the per-step loops.
+    """
+    return [(d, t0, min(t0 + CHUNK, end)) for d, (start, end) in enumerate(document_spans(cu_seqlens))
+            for t0 in range(start, end, CHUNK)]
+
+
+def _state_rows(d: int, t0: int, t1: int) -> slice:
+    """Rows of the stored [n̄, c̄] (S + D rows) before and after steps t0 .. t1 - 1 of document d:
+    each document has one row more than steps, for its initial state."""
+    return slice(t0 + d, t1 + d + 1)
+
+
+def _forward(wx, r, b, init, cu_seqlens, h_out, store: bool):
     """Run the recurrence, writing h into h_out (B, S, NH, DH).
 
-    Returns gates (S, N_SLOTS, NH, B, DH) and cn (S + 1, 2, NH, B, DH) = [n̄, c̄] when ``store``
-    (else None, None), the final (h, c̄, n̄, m) each (NH, B, DH), and R4 (4·NH, DH, DH): the
-    recurrent blocks batched over (gate, head).
+    init: the initial (h, c̄, n̄, m) of each of the D documents, (4, D, NH, B, DH), or None (empty).
+    cu_seqlens: document boundaries (0, ..., S); (0, S) for one document per batch row.
+    Returns gates (S, N_SLOTS, NH, B, DH) and cn (S + D, 2, NH, B, DH) when ``store`` (else None,
+    None), the final (h, c̄, n̄, m) of each document (4, D, NH, B, DH), and R4 (4·NH, DH, DH): the
+    recurrent blocks batched over (gate, head). cn holds [n̄, c̄] before and after every step:
+    document d, steps t0 <= t < t1, uses rows t0 + d .. t1 + d (``_state_rows``).
     """
     B, S, NH, _, DH = wx.shape
     new = wx.new_empty
@@ -95,35 +117,36 @@ def _forward(wx, r, b, h0, c0, n0, m0, h_out, store: bool):
         return _WORKSPACE.take(shape, wx.dtype, wx.device)
 
     gates = take(S if store else L, N_SLOTS, NH, B, DH)
-    cn = take(S + 1 if store else L + 1, 2, NH, B, DH)
-    hs = take(L + 1, 4, NH, B, DH)  # h_{t0-1} .. h_{t1-1} of a chunk, once per gate: the matmul needs no copy
+    cn = take(S + len(cu_seqlens) - 1 if store else L + 1, 2, NH, B, DH)
+    hs = take(L + 1, 4, NH, B, DH)  # h_{t0-1} .. h_{t1-1} of a run, once per gate: the matmul needs no copy
     m = new(2, 1, NH, B, DH)  # m_{t-1} and m_t
     R4 = new(4 * NH, DH, DH)
     ratio = new(1, NH, B, DH)  # c̄/n̄ of the current step
+    final = new(4, len(cu_seqlens) - 1, NH, B, DH)
     with torch.inference_mode(), _one_thread():
         R4.copy_(r.transpose(0, 1).reshape(4 * NH, DH, DH))
-        if h0 is None:
-            hs[0].zero_()
-            cn[0].zero_()
-            m[0].fill_(float("-inf"))
-        else:
-            hs[0].copy_(h0.transpose(0, 1).expand(4, NH, B, DH))
-            cn[0, 0].copy_(n0.transpose(0, 1))
-            cn[0, 1].copy_(c0.transpose(0, 1))
-            m[0, 0].copy_(m0.transpose(0, 1))
         h_mat, h_s, m_s = _steps(hs.view(L + 1, 4 * NH, B, DH)), _steps(hs), _steps(m)
         ratio4 = ratio.expand(4, NH, B, DH)
         # torch._C._nn.log_sigmoid is F.logsigmoid with an out= argument.
         log_sigmoid, maximum, exp, tanh, sigmoid, mul, div = (
             torch._C._nn.log_sigmoid, torch.maximum, torch.exp, torch.tanh, torch.sigmoid, torch.mul, torch.div)
-        for t0 in range(0, S, CHUNK):
-            t1 = min(t0 + CHUNK, S)
-            Lc = t1 - t0
-            g, s = (gates[t0:t1], cn[t0 : t1 + 1]) if store else (gates[:Lc], cn[: Lc + 1])
-            if t0 > 0:
-                hs[0].copy_(hs[L])
+        Lc = 0
+        for d, t0, t1 in _pieces(cu_seqlens):
+            g, s = (gates[t0:t1], cn[_state_rows(d, t0, t1)]) if store else (gates[: t1 - t0], cn[: t1 - t0 + 1])
+            if t0 == cu_seqlens[d]:  # a document starts from its own initial state
+                if init is None:
+                    hs[0].zero_()
+                    s[0].zero_()
+                    m_s[t0 % 2].fill_(float("-inf"))
+                else:
+                    hs[0].copy_(init[0, d].expand(4, NH, B, DH))
+                    s[0].copy_(init[[2, 1], d])
+                    m_s[t0 % 2][0].copy_(init[3, d])
+            else:  # continue from the run before
+                hs[0].copy_(hs[Lc])
                 if not store:
-                    s[0].copy_(cn[L])
+                    s[0].copy_(cn[Lc])
+            Lc = t1 - t0
             torch.add(wx[:, t0:t1].permute(1, 3, 2, 0, 4), b.transpose(0, 1)[:, :, None], out=g[:, 1:])  # wx + b
             raw = _steps(g[:, 1:].reshape(Lc, 4 * NH, B, DH))
             f_act, i_act, f_raw = _steps(g[:, 0:1]), _steps(g[:, 1:2]), _steps(g[:, 2:3])
@@ -146,8 +169,10 @@ def _forward(wx, r, b, h0, c0, n0, m0, h_out, store: bool):
                 div(c_s[j + 1], n_s[j + 1], out=ratio)
                 mul(ratio4, o4[j], out=h_s[j + 1])  # h = o·c̄/n̄, once per gate
             h_out[:, t0:t1].copy_(hs[1 : Lc + 1, 0].permute(2, 0, 1, 3))
-        last = cn[S] if store else cn[S - (S - 1) // CHUNK * CHUNK]
-        final = tuple(x.clone() for x in (hs[S - (S - 1) // CHUNK * CHUNK, 0], last[1], last[0], m[S % 2, 0]))
+            if t1 == cu_seqlens[d + 1]:  # the document's final state (h, c̄, n̄, m)
+                final[0, d].copy_(hs[Lc, 0])
+                final[1:3, d].copy_(s[Lc, [1, 0]])
+                final[3, d].copy_(m_s[t1 % 2][0])
     _WORKSPACE.give_back(hs)
     if not store:
         _WORKSPACE.give_back(gates, cn)
@@ -197,99 +222,118 @@ def _chain_chunk(work, gates, sig_neg_f, g_m, reach_after):
     return reach_prev[0]
 
 
-def _run_forward(wx, r, b, h0, c0, n0, m0, store: bool):
-    """h (B, S, NH, DH), the final (h, c̄, n̄, m) each (B, NH, DH), and what backward needs."""
+def _to_internal(x, D: int):
+    """(B·D, NH, DH) contract rows (batch rows, or documents with B = 1) -> (D, NH, B, DH)."""
+    return x.view(D, -1, *x.shape[1:]).transpose(1, 2)
+
+
+def _run_forward(wx, r, b, init, cu_seqlens, store: bool):
+    """h (B, S, NH, DH), each document's final (h, c̄, n̄, m) as four (B·D, NH, DH), and what backward needs."""
     B, S, NH, _, DH = wx.shape
     h = wx.new_empty(B, S, NH, DH)
-    saved, final, R4 = _forward(wx, r, b, h0, c0, n0, m0, h, store)
-    outs = [wx.new_empty(B, NH, DH) for _ in range(4)]
+    saved, final, R4 = _forward(wx, r, b, init, cu_seqlens, h, store)
+    D = final.shape[1]
+    outs = [wx.new_empty(B * D, NH, DH) for _ in range(4)]
     with torch.inference_mode():
         for x, y in zip(outs, final):
-            x.copy_(y.transpose(0, 1))
-    return h, outs, saved, R4
+            _to_internal(x, D).copy_(y)
+    return h, outs, saved, final, R4
 
 
 class _SLSTMRecurrentFunction(torch.autograd.Function):
-    """Inputs wx, r, b and the initial state (h0, c0, n0, m0, or four Nones); outputs h (B, S, NH, DH)
-    and the final (h, c̄, n̄, m), each (B, NH, DH). Backward is not itself differentiable."""
+    """Inputs wx, r, b, the initial state (h0, c0, n0, m0, or four Nones) and the document
+    boundaries; outputs h (B, S, NH, DH) and the final (h, c̄, n̄, m) of every document, each
+    (B·D, NH, DH) (batch rows, or documents). Backward is not itself differentiable."""
 
     @staticmethod
-    def forward(ctx, wx, r, b, h0, c0, n0, m0):
-        h, final, (gates, cn), R4 = _run_forward(wx, r, b, h0, c0, n0, m0, store=True)
+    def forward(ctx, wx, r, b, h0, c0, n0, m0, cu_seqlens):
+        D = len(cu_seqlens) - 1
+        init = None if h0 is None else torch.stack([_to_internal(x, D) for x in (h0, c0, n0, m0)])
+        h, outs, (gates, cn), final, R4 = _run_forward(wx, r, b, init, cu_seqlens, store=True)
         ctx.set_materialize_grads(False)
-        ctx.has_state = h0 is not None
-        ctx.save_for_backward(gates, cn, R4, h, h0)
+        ctx.has_state, ctx.cu_seqlens = h0 is not None, cu_seqlens
+        ctx.save_for_backward(gates, cn, R4, h, init, final)
         _WORKSPACE.lend(gates, cn)
-        return (h, *final)
+        return (h, *outs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_h, grad_hS, grad_cS, grad_nS, grad_mS):
-        gates, cn, R4, h, h0 = ctx.saved_tensors
+    def backward(ctx, grad_h, *grad_final):
+        gates, cn, R4, h, init, final = ctx.saved_tensors
         S, _, NH, B, DH = gates.shape
+        D = final.shape[1]
         new = gates.new_empty
         need = ctx.needs_input_grad
         d_wx = new(B, S, NH, 4, DH) if need[0] else None
         d_r = new(NH, 4, DH, DH) if need[1] else None
         d_b = new(NH, 4, DH) if need[2] else None
-        d_state = [new(B, NH, DH) if ctx.has_state and need[3 + k] else None for k in range(4)]
+        d_state = [new(B * D, NH, DH) if ctx.has_state and need[3 + k] else None for k in range(4)]
+        grad_final = [None if x is None else _to_internal(x, D) for x in grad_final]
         with torch.inference_mode(), _one_thread():
-            d_state_t = _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, d_wx, d_r, d_b)
-            for x, y in zip(d_state, d_state_t):
+            d_init = _backward(gates, cn, R4, h, init, final, ctx.cu_seqlens, grad_h, grad_final, d_wx, d_r, d_b)
+            for x, y in zip(d_state, d_init):
                 if x is not None:
-                    x.copy_(y.transpose(0, 1))
-        return d_wx, d_r, d_b, *d_state
+                    _to_internal(x, D).copy_(y)
+        return d_wx, d_r, d_b, *d_state, None
 
 
-def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, d_wx, d_r, d_b):
-    """Fill d_wx, d_r, d_b (each may be None: not needed); return the initial-state gradients
-    (dh0, dc̄0, dn̄0, dm0), each (NH, B, DH)."""
+def _backward(gates, cn, R4, h, init, final, cu_seqlens, grad_h, grad_final, d_wx, d_r, d_b):
+    """Fill d_wx, d_r, d_b (each may be None: not needed); return the gradients on each document's
+    initial (h, c̄, n̄, m), (4, D, NH, B, DH).
+
+    init, final: each document's initial (or None: empty) and final (h, c̄, n̄, m), (4, D, NH, B, DH);
+    grad_final: the gradients on the final ones, four (D, NH, B, DH) or None.
+    """
     S, _, NH, B, DH = gates.shape
-    # g = dm_S - <dc̄_S, c̄_S> - <dn̄_S, n̄_S> (module docstring); skip the chain when it is zero.
-    g_m = grad_mS.transpose(0, 1).clone() if grad_mS is not None else torch.zeros_like(cn[S, 0])
-    for grad, value in ((grad_nS, cn[S, 0]), (grad_cS, cn[S, 1])):
+    grad_hS, grad_cS, grad_nS, grad_mS = grad_final
+    # g = dm_S - <dc̄_S, c̄_S> - <dn̄_S, n̄_S> per document (module docstring); skip the chain where it is zero.
+    g_m = grad_mS.clone() if grad_mS is not None else torch.zeros_like(final[3])  # (D, NH, B, DH)
+    for grad, value in ((grad_nS, final[2]), (grad_cS, final[1])):
         if grad is not None:
-            g_m.addcmul_(grad.transpose(0, 1), value, value=-1)
-    chain = bool(g_m.any())
-    reach = torch.ones_like(g_m)
+            g_m.addcmul_(grad, value, value=-1)
+    chains = g_m.flatten(1).any(1).tolist()
+    d_init = torch.empty_like(final)
 
     L = min(S, CHUNK)
     work, draw, draw_rows, h_prev = scratch = [
         _WORKSPACE.take(shape, gates.dtype, gates.device) for shape in (
             (L, N_WORK, NH, B, DH),
-            (L, 4, NH, B, DH),  # raw-gate gradients (i, f, z, o) of a chunk
+            (L, 4, NH, B, DH),  # raw-gate gradients (i, f, z, o) of a run
             (NH, L, B, 4, DH),  # the same, laid out for dR and dwx
-            (NH, L, B, DH),  # h_{t-1} of a chunk, laid out for dR
+            (NH, L, B, DH),  # h_{t-1} of a run, laid out for dR
         )]
     for x in (d_r, d_b):
         if x is not None:
             x.zero_()
     D = torch.zeros(3, NH, B, DH, dtype=gates.dtype, device=gates.device)  # [dn̄, dc̄, dh] of the current step
-    for k, grad in ((0, grad_nS), (1, grad_cS), (2, grad_hS)):
-        if grad is not None:
-            D[k].copy_(grad.transpose(0, 1))
-    if grad_h is not None:
-        D[2].add_(grad_h[:, S - 1].transpose(0, 1))
     D_cn, D_ch, D_n, D_c, D_h, D_h_flat = D[0:2], D[1:3], D[0:1], D[1:2], D[2:3], D[2]
     R4T = R4.transpose(1, 2).contiguous()
     h_steps = h.permute(1, 2, 0, 3)  # (S, NH, B, DH)
     mul, bmm, sum_ = torch.mul, torch.bmm, torch.sum
 
-    for t0 in reversed(range(0, S, CHUNK)):
-        t1 = min(t0 + CHUNK, S)
+    for doc, t0, t1 in reversed(_pieces(cu_seqlens)):
+        start = cu_seqlens[doc]
+        if t1 == cu_seqlens[doc + 1]:  # a document's last step: start from the gradients on its final state
+            D.zero_()
+            for k, grad in ((0, grad_nS), (1, grad_cS), (2, grad_hS)):
+                if grad is not None:
+                    D[k].copy_(grad[doc])
+            if grad_h is not None:
+                D[2].add_(grad_h[:, t1 - 1].transpose(0, 1))
+            chain, g_doc, reach = chains[doc], g_m[doc], torch.ones_like(g_m[doc])
         Lc = t1 - t0
         g, w = gates[t0:t1], work[:Lc]
-        sig_neg_f = _coefficients(work, g, cn[t0 : t1 + 1], h_steps[t0:t1])
+        sig_neg_f = _coefficients(work, g, cn[_state_rows(doc, t0, t1)], h_steps[t0:t1])
         # dh_out_{t-1} sits after the four slots that receive draw_t R4ᵀ: their sum is dh_{t-1}.
         if grad_h is None:
             w[:, W_DH_OUT].zero_()
-        elif t0 > 0:
+        elif t0 > start:
             w[:, W_DH_OUT].copy_(grad_h[:, t0 - 1 : t1 - 1].permute(1, 2, 0, 3))
-        else:
+        else:  # before a document's first step is its initial state: no output there
             w[0, W_DH_OUT].zero_()
-            w[1:, W_DH_OUT].copy_(grad_h[:, : t1 - 1].permute(1, 2, 0, 3))
+            w[1:, W_DH_OUT].copy_(grad_h[:, t0 : t1 - 1].permute(1, 2, 0, 3))
         if chain:
-            reach = _chain_chunk(work, g, sig_neg_f, g_m, reach)
+            reach = _chain_chunk(work, g, sig_neg_f, g_doc, reach)
         w_cn, w_ch, w_kn, w_kc = (_steps(w[:, k : k + 2]) for k in (W_CN, W_CH, W_KN, W_KC))
         f_s = _steps(g[:, F_ACT : F_ACT + 1])
         back_mat, back = _steps(w[:, W_BACK : W_BACK + 4].reshape(Lc, 4 * NH, B, DH)), _steps(w[:, W_BACK : W_DH_OUT + 1])
@@ -306,6 +350,13 @@ def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, 
             bmm(d_mat[j], R4T, out=back_mat[j])
             sum_(back[j], 0, out=D_h_flat)  # dh_{t-1}
 
+        if t0 == start:  # a document's first step: what is left is the gradient on its initial state
+            d_init[0, doc].copy_(D[2])
+            d_init[1:3, doc].copy_(D[[1, 0]])
+            torch.sum(D_cn * cn[t0 + doc], 0, out=d_init[3, doc])  # c_0 = c̄_0·e^{m0}, n_0 likewise
+            if chain:
+                d_init[3, doc].addcmul_(reach, g_doc)
+
         if d_wx is None and d_r is None and d_b is None:
             continue
         rows = draw_rows[:, :Lc]
@@ -318,34 +369,36 @@ def _backward(gates, cn, R4, h, h0, grad_h, grad_hS, grad_cS, grad_nS, grad_mS, 
             continue
         hp = h_prev[:, :Lc]
         hp[:, 1:].copy_(h_steps[t0 : t1 - 1].transpose(0, 1))
-        if t0 > 0:
+        if t0 > start:
             hp[:, 0].copy_(h_steps[t0 - 1])
-        elif h0 is not None:
-            hp[:, 0].copy_(h0.transpose(0, 1))
+        elif init is not None:
+            hp[:, 0].copy_(init[0, doc])
         else:
             hp[:, 0].zero_()
         d_r4 = bmm(hp.reshape(NH, Lc * B, DH).transpose(1, 2), rows.reshape(NH, Lc * B, 4 * DH))  # Σ_t h_{t-1}ᵀ draw_t
         d_r.add_(d_r4.view(NH, DH, 4, DH).transpose(1, 2))
 
-    d_m0 = (D_cn * cn[0]).sum(0)  # c_0 = c̄_0·e^{m0}, n_0 likewise
-    if chain:
-        d_m0.addcmul_(reach, g_m)
     _WORKSPACE.give_back(*scratch)
-    return D[2], D[1], D[0], d_m0
+    return d_init
 
 
 # torch.compile traces around this op, not into it: its in-place workspace reuse and thread switch
 # are eager-only, and a Python loop of tiny ops gains nothing from tracing.
 @torch.compiler.disable
-def slstm_recurrent(wx, r, b, state: SLSTMState | None = None):
+def slstm_recurrent(wx, r, b, state: SLSTMState | None = None, cu_seqlens: tuple[int, ...] | None = None):
     """Same contract as ``slstm_reference``: wx (B, S, NH, 4, DH), r (NH, 4, DH, DH), b (NH, 4, DH),
     state (h, c̄, n̄, m) each (B, NH, DH), all already in the state dtype (float32 or float64).
 
-    Returns h (B, S, NH, DH) and the final SLSTMState.
+    Returns h (B, S, NH, DH) and the final SLSTMState. Packed documents (``cu_seqlens``, B == 1):
+    the loops reset to each document's initial state (row d of ``state``, or empty) at its start,
+    in the forward and in the reverse-time backward; the final state has one row per document.
     """
+    cu_seqlens = cu_seqlens or (0, wx.shape[1])
     state = tuple(state) if state is not None else (None,) * 4
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (wx, r, b, *state)):
-        h, *final = _SLSTMRecurrentFunction.apply(wx, r, b, *state)
+        h, *final = _SLSTMRecurrentFunction.apply(wx, r, b, *state, cu_seqlens)
     else:  # nothing to differentiate: keep no per-step buffers
-        h, final, _, _ = _run_forward(wx, r, b, *state, store=False)
+        D = len(cu_seqlens) - 1
+        init = None if state[0] is None else torch.stack([_to_internal(x, D) for x in state])
+        h, final, _, _, _ = _run_forward(wx, r, b, init, cu_seqlens, store=False)
     return h, SLSTMState(*final)

@@ -10,14 +10,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._packing import run_per_document
 from .state import SLSTMState, empty_slstm_state
 
 
-def slstm_reference(wx, r, b, state: SLSTMState | None = None):
+def slstm_reference(wx, r, b, state: SLSTMState | None = None, cu_seqlens: tuple[int, ...] | None = None):
     """wx: (B, S, NH, 4, DH) input contributions, gates (i, f, z, o); r: (NH, 4, DH, DH); b: (NH, 4, DH).
 
     Returns h (B, S, NH, DH) and the final SLSTMState. Inputs must already be in the state dtype.
+    cu_seqlens: document boundaries (0, l_1, ..., S) of a packed row (B == 1; ops/_packing.py): each
+    document runs alone, from row d of ``state`` (D rows) or the empty state; the final state has D rows.
     """
+    if cu_seqlens is not None:
+        return run_per_document(lambda x, state: slstm_reference(x, r, b, state), (wx,), 1, state, cu_seqlens)
     B, S, NH, _, DH = wx.shape
     h, c, n, m = state if state is not None else empty_slstm_state(B, NH, DH, dtype=wx.dtype, device=wx.device)
     hs = []

@@ -1,0 +1,1 @@
+"""Training xLSTM language models: data, recipes, the trainer, checkpoints and distributed runs."""
