@@ -70,9 +70,10 @@ def test_float64_matches_reference(backend, S, with_state):
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("B", [1, 2])
 def test_strided_cotangent_matches_reference(backend, B):
-    """Gradients of h that arrive as a transposed view, as from a layer that works in (B, S, NH, DV):
-    with B = 1 and S a multiple of the chunk size they reshape to a view that cannot be flattened."""
-    inputs = make_inputs(B=B, S=32)
+    """Inputs and the gradient of h as transposed views, as from a layer that works in (B, S, NH, ...):
+    with B = 1 and S a multiple of the chunk size they reshape to views that cannot be flattened."""
+    inputs = [x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
+              for x in make_inputs(B=B, S=32)]  # the same values with (B, S, NH, ...) memory
     cotangent = torch.randn(B, 32, 3, 5, dtype=torch.float64).transpose(1, 2)  # (B, NH, S, DV), strided
     grads = {}
     for name in ("reference", backend):
