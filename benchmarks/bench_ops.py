@@ -299,18 +299,29 @@ def _status_kib(field: str) -> int:
     raise OSError(f"/proc/self/status has no {field}")
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (VmHWM) to the current RSS; False where unsupported."""
+    try:  # Linux >= 4.0: "5" resets the high-water mark to the current RSS
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child_env() -> dict[str, str]:
+    """Environment for a child process that must import the same xlstm_torch as this one, installed or not."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(xlstm_torch.__file__)), os.environ.get("PYTHONPATH", "")]))
+
+
 def memory_child(key: str, shape: Shape, mode: str) -> dict:
     """Runs in a fresh process: the peak RSS growth of one call (see the module docstring)."""
     tiny = Shape(B=1, NH=1, S=2 * shape.L, D=min(shape.D, 8), L=shape.L)
     make_call(key, tiny, mode)()  # load lazy libraries and thread pools before measuring
     call = make_call(key, shape, mode)
     gc.collect()
-    try:  # Linux >= 4.0: "5" resets the high-water mark to the current RSS
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        exact = True
-    except OSError:
-        exact = False
+    exact = reset_peak_rss()
     before_kib = _status_kib("VmRSS")
     before_peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     call()
@@ -326,10 +337,7 @@ def measure_memory(key: str, shape: Shape, mode: str) -> str:
     """Peak MiB of one call, measured in a fresh process; a table cell."""
     cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child",
            json.dumps({"key": key, "shape": asdict(shape), "mode": mode, "threads": torch.get_num_threads()})]
-    # The child must import the same xlstm_torch as this process, installed or not.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(xlstm_torch.__file__)), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["?"])[-1]
         return f"failed ({tail[:60]})"

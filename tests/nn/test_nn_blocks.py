@@ -107,6 +107,42 @@ def test_layer_matches_dense_restatement(name):
     torch.testing.assert_close(y, reference(layer, x), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["mlstm", "slstm", "large"])
+def test_layer_gradients_match_dense_restatement(name):
+    """Fast paths inside the layers (fused gate products, ...) give the reference's gradients too."""
+    make, reference = LAYERS[name]
+    torch.manual_seed(0)
+    layer = randomize_(make().double())
+    x = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(2, 9, 16, dtype=torch.float64)
+    params = [x, *layer.parameters()]
+    got = torch.autograd.grad(layer(x)[0], params, cotangent)
+    want = torch.autograd.grad(reference(layer, x), params, cotangent)
+    names = ["x", *(n for n, _ in layer.named_parameters())]
+    for n, g, w in zip(names, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=lambda m: f"d{n}: {m}")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+def test_mlstm_gate_preacts_equal_the_concatenated_linears(dtype, tol):
+    """MLSTMLayer.gate_preacts (three products, no concatenation) against its definition, values and grads."""
+    torch.manual_seed(0)
+    layer = randomize_(MLSTMLayer(32, num_heads=4)).to(dtype)
+    q, k, v = (torch.randn(2, 7, layer.inner_dim, dtype=dtype, requires_grad=True) for _ in range(3))
+    gates = (layer.igate_preact, layer.fgate_preact)
+    leaves = [q, k, v, *(p for g in gates for p in (g.weight, g.bias))]
+    cotangents = [torch.randn(2, 7, 4, dtype=dtype) for _ in range(2)]
+    got = layer.gate_preacts(q, k, v)
+    qkv = torch.cat([q, k, v], dim=-1)
+    want = tuple(g(qkv) for g in gates)
+    for a, b in zip(got, want):
+        assert_close(a, b, tol, "gate pre-activation")
+    got_grads = torch.autograd.grad(got, leaves, cotangents)
+    want_grads = torch.autograd.grad(want, leaves, cotangents)
+    for j, (a, b) in enumerate(zip(got_grads, want_grads)):
+        assert_close(a, b, tol, f"gradient {j}")
+
+
 BLOCKS = {
     "mlstm": lambda: MLSTMBlock(16, num_heads=2, chunk_size=4, num_blocks=2),
     "slstm": lambda: SLSTMBlock(16, num_heads=4, num_blocks=2, block_index=1),

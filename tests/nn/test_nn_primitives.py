@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import assert_close
 from xlstm_torch.nn import CausalConv1d, GatedFeedForward, HeadwiseLinear, LayerNorm, MultiHeadNorm, RMSNorm, round_up
+from xlstm_torch.nn.linear import headwise_linear_reference
 
 
 def conv_by_loop(conv: CausalConv1d, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +37,24 @@ def test_conv_matches_loop_pieces_and_steps(K):
     torch.testing.assert_close(s, state, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("K", [2, 4])
+def test_conv_gradients_match_loop(K, dtype, tol):
+    """The conv against the shifted-sum definition: output, input/weight/bias/state grads."""
+    torch.manual_seed(0)
+    conv = CausalConv1d(40, K).to(dtype)
+    x = torch.randn(3, 33, 40, dtype=dtype, requires_grad=True)
+    state = torch.randn(3, K - 1, 40, dtype=dtype, requires_grad=True)
+    cotangent = torch.randn(3, 33, 40, dtype=dtype)
+    leaves = [x, state, conv.weight, conv.bias]
+    got, _ = conv(x, state)
+    want = conv_by_loop(conv, torch.cat([state, x], 1))[:, K - 1:]  # the state is the inputs before x
+    assert_close(got, want, tol, "y")
+    for name, a, b in zip(("x", "state", "weight", "bias"), torch.autograd.grad(got, leaves, cotangent),
+                          torch.autograd.grad(want, leaves, cotangent)):
+        assert_close(a, b, tol, f"d{name}")
+
+
 def test_conv_short_piece_keeps_older_inputs_in_state():
     # A piece shorter than K-1 must shift the buffer, not replace it.
     conv = CausalConv1d(2, 4).double()
@@ -51,6 +71,39 @@ def test_headwise_linear_equals_dense_block_diagonal():
     dense = torch.block_diag(*layer.weight)  # (8, 12)
     torch.testing.assert_close(layer(x), x @ dense.T + layer.bias, rtol=1e-12, atol=1e-12)
     assert layer.weight.shape == (4, 2, 3)
+
+
+HEADWISE_SHAPES = {  # (in, out, NH): merged groups of several blocks, one group, no merging, in != out
+    "512-in-128-blocks": (512, 512, 128),
+    "24-to-36-in-6-blocks": (24, 36, 6),
+    "12-in-3-blocks": (12, 12, 3),
+    "256-in-4-blocks": (256, 256, 4),
+    "40-to-20-in-10-blocks": (40, 20, 10),
+}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("shape", HEADWISE_SHAPES)
+def test_headwise_linear_grouped_equals_reference(shape, dtype, tol):
+    """The merged-group forward against the per-block definition: outputs and all gradients."""
+    in_features, out_features, num_heads = HEADWISE_SHAPES[shape]
+    torch.manual_seed(0)
+    layer = HeadwiseLinear(in_features, out_features, num_heads, bias=True).to(dtype)
+    x = torch.randn(3, 7, in_features, dtype=dtype, requires_grad=True)
+    cotangent = torch.randn(3, 7, out_features, dtype=dtype)
+    leaves = [x, layer.weight, layer.bias]
+    got = layer(x)
+    want = headwise_linear_reference(x, layer.weight, layer.bias)
+    assert_close(got, want, tol, "output")
+    for name, a, b in zip(("x", "weight", "bias"), torch.autograd.grad(got, leaves, cotangent),
+                          torch.autograd.grad(want, leaves, cotangent)):
+        assert_close(a, b, tol, f"d{name}")
+
+
+def test_headwise_linear_groups():
+    assert HeadwiseLinear(512, 512, 128).heads_per_group == 8  # 4 x 4 blocks merged into 32 x 32 groups
+    assert HeadwiseLinear(256, 256, 4).heads_per_group == 1  # 64 x 64 blocks stay as they are
+    assert HeadwiseLinear(24, 36, 6).heads_per_group == 3  # widest merged side 18 <= 32
 
 
 def test_headwise_linear_rejects_widths_not_divisible_by_heads():

@@ -68,6 +68,23 @@ def test_float64_matches_reference(backend, S, with_state):
 
 
 @pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("B", [1, 2])
+def test_strided_cotangent_matches_reference(backend, B):
+    """Inputs and the gradient of h as transposed views, as from a layer that works in (B, S, NH, ...):
+    with B = 1 and S a multiple of the chunk size they reshape to views that cannot be flattened."""
+    inputs = [x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
+              for x in make_inputs(B=B, S=32)]  # the same values with (B, S, NH, ...) memory
+    cotangent = torch.randn(B, 32, 3, 5, dtype=torch.float64).transpose(1, 2)  # (B, NH, S, DV), strided
+    grads = {}
+    for name in ("reference", backend):
+        kwargs = {"chunk_size": 16} if name == "chunkwise" else {}
+        h = mlstm(*inputs, backend=name, **kwargs)
+        grads[name] = torch.autograd.grad(h, inputs, cotangent)
+    for name, a, e in zip(NAMES[4:], grads[backend], grads["reference"]):
+        assert_close(a, e, 1e-10, name)
+
+
+@pytest.mark.parametrize("backend", FAST)
 def test_eps_path_matches_reference(backend):
     """With eps > 0 the stabiliser m enters h; its gradient path must match autograd of the reference."""
     inputs, state = make_inputs(S=40), make_state()

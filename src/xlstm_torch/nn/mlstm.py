@@ -104,6 +104,21 @@ class MLSTMLayer(nn.Module):
         self.multihead_norm.reset_parameters()
         self.learnable_skip.fill_(1.0)
 
+    def gate_preacts(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input and forget gate pre-activations from [q, k, v]: q, k, v (B, S, Di) -> i, f (B, S, NH).
+
+        Equal to ``igate_preact(cat([q, k, v]))`` and ``fgate_preact(...)``, computed as three
+        products with column slices of the two stacked weights: the (B, S, 3 Di) concatenation,
+        and in the backward its gradient and the sum of the two gates' input gradients, are
+        never built (in a training step they cost more than the products themselves).
+        """
+        NH, Di = self.num_heads, self.inner_dim
+        weight = torch.cat([self.igate_preact.weight, self.fgate_preact.weight])  # (2 NH, 3 Di)
+        bias = torch.cat([self.igate_preact.bias, self.fgate_preact.bias])  # (2 NH,)
+        w_q, w_k, w_v = weight.split(Di, dim=1)  # (2 NH, Di) each
+        preacts = F.linear(v, w_v, bias).add_(F.linear(q, w_q)).add_(F.linear(k, w_k))  # (B, S, 2 NH)
+        return preacts[..., :NH], preacts[..., NH:]
+
     def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
                 *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
         B, S, _ = x.shape
@@ -113,8 +128,7 @@ class MLSTMLayer(nn.Module):
         x_conv, conv_state = self.conv(x_in, conv_state, cu_seqlens)
         x_conv = F.silu(x_conv)  # (B, S, Di)
         q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_in)  # (B, S, Di) each
-        gate_input = torch.cat([q, k, v], dim=-1)  # (B, S, 3 Di)
-        i, f = self.igate_preact(gate_input), self.fgate_preact(gate_input)  # (B, S, NH)
+        i, f = self.gate_preacts(q, k, v)  # (B, S, NH) each
         h, cell_state = multihead_mlstm(q.view(B, S, NH, DH), k.view(B, S, NH, DH), v.view(B, S, NH, DH), i, f,
                                         cell_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
                                         return_state=return_state)  # (B, S, NH, DH)

@@ -286,7 +286,10 @@ def _padded_gates(i, f, layout: _Layout):
     """Gates (B, NH, S) -> (BH, nc·L) in float64, padded with a no-op step (ĩ = -inf: nothing
     written; f̃ = +inf: nothing forgotten). Differentiable."""
     S = i.shape[-1]
-    return (layout.pad(i.reshape(-1, S).double(), float("-inf")), layout.pad(f.reshape(-1, S).double(), float("inf")))
+    # contiguous: gates cut from a (B, S, NH) layer output are strided views, which .double() keeps
+    # strided; later .view calls on these (B = 1, no padding) would fail.
+    i, f = (x.reshape(-1, S).double().contiguous() for x in (i, f))
+    return layout.pad(i, float("-inf")), layout.pad(f, float("inf"))
 
 
 def _stabiliser_grads(i, f, m0, layout: _Layout, dm_step, dm_final):
