@@ -5,7 +5,8 @@
 The same training batches of the embedded corpus (the recipe's model, seq_len and batch_size), three ways:
 
     concat   rows of S tokens, documents flow into each other inside a row (no reset; the classic layout)
-    reset    the same rows packed as one sequence with cu_seqlens: every document starts from an empty state
+    reset    what the trainer runs by default: a batch with a document start inside a row is packed as one
+             sequence with cu_seqlens (every document from an empty state); a batch without is the plain rows
     padded   every document piece of those rows in a row of its own, right-padded to S (what a trainer
              without packing has to do to keep documents apart)
 
@@ -43,11 +44,14 @@ def main() -> None:
     from xlstm_torch.training.config import build_model_config, load_recipe
     from xlstm_torch.training.data import PackedBatches, TokenCache, build_tokenizer, iter_documents, split_documents
     from xlstm_torch.training.optim import build_optimizer
+    from xlstm_torch.training.trainer import batch_logits
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per mode")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only-boundaries", action="store_true",
+                        help="time only batches with a document start inside a row (the packed path every step)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -67,8 +71,8 @@ def main() -> None:
         else:
             ids, labels = batch.input_ids, batch.labels
         t0 = time.perf_counter()
-        if mode == "reset":
-            logits, _ = model(ids.reshape(1, -1), cu_seqlens=batch.cu_seqlens(), return_state=False)
+        if mode == "reset":  # exactly what the trainer runs
+            logits = batch_logits(model, batch, reset_at_documents=True)
         else:
             logits, _ = model(ids, return_state=False)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
@@ -82,8 +86,11 @@ def main() -> None:
     times: dict[str, list[float]] = {m: [] for m in modes}
     tokens: dict[str, list[int]] = {m: [] for m in modes}
     rows: dict[str, list[int]] = {m: [] for m in modes}
+    chosen = (batches.batch(j) for j in range(10**6))
+    if args.only_boundaries:
+        chosen = (b for b in chosen if bool(b.doc_starts[:, 1:].any()))
     for j in range(args.steps + 1):  # step 0 warms up
-        batch = batches.batch(j)
+        batch = next(chosen)
         for mode in modes:
             dt, n = step(mode, batch)
             if j:

@@ -43,7 +43,7 @@ from .config import RecipeError, TrainConfig, build_model_config
 from .optim import build_optimizer, lr_at
 from .reporting import PLOT_NAME, MetricsLog, ProgressBar, plot_losses
 
-__all__ = ["Trainer", "TrainResult", "TrainingError", "RunFolderError", "TRAIN_CONFIG_NAME"]
+__all__ = ["Trainer", "TrainResult", "TrainingError", "RunFolderError", "TRAIN_CONFIG_NAME", "batch_logits"]
 
 TRAIN_CONFIG_NAME = "train_config.json"
 SAMPLE_NAME = "sample.txt"
@@ -215,16 +215,10 @@ class Trainer:
 
     def _loss_sum(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed cross-entropy over the batch's labelled tokens, and their count."""
-        input_ids = batch.input_ids.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
-        B, S = input_ids.shape
         with self._autocast():
-            if self._packed:  # rows back to back as one sequence; every row and document starts from empty state
-                logits, _ = model(input_ids.reshape(1, B * S), cu_seqlens=batch.cu_seqlens().to(self.device),
-                                  return_state=False)
-            else:
-                logits, _ = model(input_ids, return_state=False)
-        logits = logits.reshape(B * S, -1).float()
+            logits = batch_logits(model, batch, self._packed, self.device)  # (B, S, V)
+        logits = logits.reshape(labels.numel(), -1).float()
         loss_sum = F.cross_entropy(logits, labels.reshape(-1), ignore_index=-100, reduction="sum")
         return loss_sum, (labels != -100).sum()
 
@@ -369,6 +363,22 @@ class Trainer:
 
     def close(self) -> None:
         D.shutdown(self.dist)
+
+
+def batch_logits(model, batch, reset_at_documents: bool, device=None) -> torch.Tensor:
+    """Logits (B, S, V) of a training batch, the model's state starting empty at every row.
+
+    ``reset_at_documents``: also at every document start inside a row — the rows are then packed back to back as
+    one sequence with ``cu_seqlens``. Where no document starts inside a row that is the same computation as the
+    plain batch, which is faster (the batch dimension stays parallel), so the plain batch is run instead.
+    """
+    input_ids = batch.input_ids.to(device, non_blocking=True)
+    B, S = input_ids.shape
+    if reset_at_documents and bool(batch.doc_starts[:, 1:].any()):
+        logits, _ = model(input_ids.reshape(1, B * S), cu_seqlens=batch.cu_seqlens().to(device), return_state=False)
+        return logits.reshape(B, S, -1)
+    logits, _ = model(input_ids, return_state=False)
+    return logits
 
 
 def _all_reduce_max(value: torch.Tensor, info: D.DistInfo) -> torch.Tensor:
