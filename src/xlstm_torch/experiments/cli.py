@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--test-lengths", type=int, nargs="*", default=None, help="default 40 48 64 ... 256")
     p.add_argument("--test-examples", type=int, default=256, help="examples per test length")
+    p.add_argument("--blocks", type=int, default=2, help="residual blocks (default 2)")
+    p.add_argument("--heads", type=int, default=4, help="mLSTM / attention heads (default 4)")
+    p.add_argument("--slstm-heads", type=int, default=4, help="sLSTM heads (default 4)")
     p.add_argument("--curriculum", type=float, default=0.0,
                    help="fraction of steps over which the longest train length grows to 40 (0: none)")
     p.set_defaults(func=_formal)
@@ -98,6 +101,7 @@ def _formal(args) -> int:
     start = time.time()
     result = run_formal(args.task, args.model, steps=args.steps, seed=args.seed, width=args.width,
                         batch_size=args.batch_size, curriculum=args.curriculum, test_examples=args.test_examples,
+                        num_blocks=args.blocks, num_heads=args.heads, slstm_num_heads=args.slstm_heads,
                         **({"test_lengths": tuple(args.test_lengths)} if args.test_lengths else {}), settings=OptimSettings(lr=args.lr),
                         eval_every=max(1, min(250, args.steps)), log=lambda s: print(s, file=sys.stderr))
     result["wall_seconds"] = round(time.time() - start, 1)

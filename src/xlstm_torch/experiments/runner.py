@@ -119,7 +119,9 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 3000, seed: int 
     if budget is None:
         from .zoo import build
 
-        budget = count_parameters(build("xlstm-1:1", task.vocab_size, width, **kwargs))
+        # xLSTM[1:1] needs an even number of blocks; with an odd one the model's own size at ``width`` is the budget
+        reference = "xlstm-1:1" if num_blocks % 2 == 0 else model_name
+        budget = count_parameters(build(reference, task.vocab_size, width, **kwargs))
     model, model_width = build_matched(model_name, task.vocab_size, budget, **kwargs)
     lo, hi = train_lengths
 
