@@ -65,7 +65,7 @@ def main() -> None:
     optimizer = build_optimizer(model, config)
     S = config.seq_len
 
-    def step(mode: str, batch) -> tuple[float, int]:
+    def step(mode: str, batch) -> tuple[float, int, int]:
         if mode == "padded":
             ids, labels = padded_rows(batch, S)
         else:
@@ -80,7 +80,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0, int((labels != -100).sum())
+        return time.perf_counter() - t0, int((labels != -100).sum()), ids.shape[0]
 
     modes = ["concat", "reset", "padded"]
     times: dict[str, list[float]] = {m: [] for m in modes}
@@ -92,11 +92,11 @@ def main() -> None:
     for j in range(args.steps + 1):  # step 0 warms up
         batch = next(chosen)
         for mode in modes:
-            dt, n = step(mode, batch)
+            dt, n, r = step(mode, batch)
             if j:
                 times[mode].append(dt)
                 tokens[mode].append(n)
-                rows[mode].append(padded_rows(batch, S)[0].shape[0] if mode == "padded" else batch.input_ids.shape[0])
+                rows[mode].append(r)
     base = statistics.median(t / s for t, s in zip(tokens["concat"], times["concat"]))
     print(f"recipe {args.recipe}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"batch {config.batch_size} x {S}, {args.threads} thread(s), {args.steps} steps per mode\n")

@@ -31,7 +31,7 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_NAME
         if resume_step is not None and self.path.is_file():
             self._truncate_after(resume_step)
-        elif not self.path.is_file() or resume_step is None:
+        else:
             atomic_write_text(self.path, ",".join(COLUMNS) + "\n")
         self._file = open(self.path, "a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)

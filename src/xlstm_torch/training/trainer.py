@@ -264,18 +264,13 @@ class Trainer:
     def evaluate(self) -> dict:
         """Validation loss (nats / token), bits per byte and perplexity over ``eval_batches`` batches (0: all).
 
-        Every rank runs the same number of forward passes (FSDP gathers weights in each), padding its share
-        with an unlabelled batch where the validation batches do not divide evenly.
+        ``PackedBatches.eval_batches`` gives every rank the same number of batches (an unlabelled filler row where
+        the last one runs out), so every rank runs the same forward passes, as FSDP's weight gathering needs.
         """
         self.wrapped.eval()
-        limit = self.config.eval_batches or None
-        mine = list(self.val_batches.eval_batches(limit))
-        n = torch.tensor(float(len(mine)), device=self.device)
-        most = int(_all_reduce_max(n, self.dist).item())
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
-        for j in range(most):
-            batch = mine[j] if j < len(mine) else _unlabelled(mine[0] if mine else self.val_batches.batch(0))
+        for batch in self.val_batches.eval_batches(self.config.eval_batches or None):
             loss_sum, n_tokens = self._loss_sum(self.forward_model, batch)
             total += loss_sum.double()
             count += n_tokens.double()
@@ -379,21 +374,6 @@ def batch_logits(model, batch, reset_at_documents: bool, device=None) -> torch.T
         return logits.reshape(B, S, -1)
     logits, _ = model(input_ids, return_state=False)
     return logits
-
-
-def _all_reduce_max(value: torch.Tensor, info: D.DistInfo) -> torch.Tensor:
-    if info.enabled:
-        import torch.distributed as dist
-
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return value
-
-
-def _unlabelled(batch):
-    """A batch of the same shape whose labels are all ignored: keeps ranks in step without changing the sums."""
-    import dataclasses
-
-    return dataclasses.replace(batch, labels=torch.full_like(batch.labels, -100))
 
 
 def _dict_diff(a: dict, b: dict) -> str:
