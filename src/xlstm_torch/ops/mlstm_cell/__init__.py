@@ -1,7 +1,8 @@
 """mLSTM: matrix memory with a covariance update (xLSTM paper Sec. 2.3). See README.md here.
 
 ``mlstm`` is the op contract of MATH.md; the formulations live one per file:
-reference.py (the spec), parallel.py, chunkwise.py, recurrent.py.
+reference.py (the spec), parallel.py, chunkwise.py, recurrent.py, and the GPU kernels in
+triton_chunkwise.py (``backend="triton"``).
 """
 
 from __future__ import annotations
@@ -10,29 +11,35 @@ import torch
 
 from .._checks import check_choice, check_positive_int, check_state, check_tensor, state_dtype
 from .._packing import check_cu_seqlens
+from .._triton import triton_runs_on
 from .chunkwise import mlstm_chunkwise
 from .parallel import mlstm_parallel
 from .recurrent import mlstm_recurrent, mlstm_step
 from .reference import mlstm_reference
 from .state import MLSTMState, empty_mlstm_state
+from .triton_chunkwise import mlstm_triton
 
 BACKENDS = {
     "reference": mlstm_reference,
     "parallel": mlstm_parallel,
     "chunkwise": mlstm_chunkwise,
     "recurrent": mlstm_recurrent,
+    "triton": mlstm_triton,
 }
 DEFAULT_CHUNK_SIZE = 64
 
 
 def select_backend(S: int, device: torch.device, requires_grad: bool) -> str:
-    """What ``backend=None`` runs (measured in benchmarks/bench_ops.py on a 2-core CPU).
+    """What ``backend=None`` runs (measured in benchmarks/bench_ops.py and bench_triton.py).
 
+    - CUDA tensors with Triton installed: the Triton kernels.
     - S == 1: the recurrent step (decoding; O(1) per token).
     - otherwise: chunkwise. It is linear in S in time and memory, and for S <= chunk size it is
       one chunk, i.e. the parallel form without the S x S exponentials, so it wins there too.
     The quadratic parallel form is never picked automatically.
     """
+    if device.type == "cuda" and triton_runs_on(device):
+        return "triton"
     if S == 1:
         return "recurrent"
     return "chunkwise"
@@ -81,6 +88,10 @@ def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str
     requires_grad = torch.is_grad_enabled() and any(
         x.requires_grad for x in (q, k, v, i, f, *(state or ())))
     name = backend or select_backend(S, device, requires_grad)
+    if name == "triton":  # the kernels read bf16/fp16 inputs as they are and keep fp32 states themselves
+        h, final = mlstm_triton(q, k, v, i, f, state=state, eps=float(eps),
+                                chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, cu_seqlens=cu_seqlens)
+        return (h, final) if return_state else h
     args = [x.to(sdtype) for x in (q, k, v, i, f)]
     if name == "chunkwise":
         h, final = mlstm_chunkwise(*args, state=state, eps=float(eps), chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
@@ -92,4 +103,4 @@ def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str
 
 
 __all__ = ["mlstm", "mlstm_step", "MLSTMState", "empty_mlstm_state", "BACKENDS", "select_backend",
-           "mlstm_reference", "mlstm_parallel", "mlstm_chunkwise", "mlstm_recurrent"]
+           "mlstm_reference", "mlstm_parallel", "mlstm_chunkwise", "mlstm_recurrent", "mlstm_triton"]
