@@ -71,7 +71,7 @@ def fwd_states_kernel(k_ptr, v_ptr, inw_ptr, decay_ptr, first_ptr, last_ptr,
     A chunk that starts document d begins from its initial state C0[d] instead of the carry.
     Grid: (BH, DK tiles, DV tiles).
     """
-    bh, pk, pv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bh, pk, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     dk = pk * BK + tl.arange(0, BK)
     dv = pv * BV + tl.arange(0, BV)
     C = tl.zeros((BK, BV), dtype=Cin_ptr.dtype.element_ty)
@@ -110,7 +110,7 @@ def fwd_out_kernel(q_ptr, k_ptr, v_ptr, u_ptr, M_ptr, carry_ptr, floor_ptr, Cin_
     num_j = carry_j q_jᵀ C̄_in + Σ_{l<=j} w_jl (q_j·k_l) v_l,  den_j likewise with n̄_in and 1,
     h_j = num_j / (max(|den_j|, floor_j) + eps). Grid: (BH·nc, query tiles, DV tiles).
     """
-    bc, pq, pv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bc, pq, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     bh = bc // nc
     c = bc % nc
     row0 = bh * nc * L + c * L
@@ -160,7 +160,7 @@ def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, fir
     dC̄_end_{k-1} = Σ_j (carry_j q_j) dnum_jᵀ over chunk k + decay_k dC̄_end_k, with dnum_j = dh_j / Q_j
     (dn̄ likewise with dden_j). Grid: (BH, DK tiles, DV tiles).
     """
-    bh, pk, pv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bh, pk, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     dk = pk * BK + tl.arange(0, BK)
     dv = pv * BV + tl.arange(0, BV)
     acc_dtype = dCend_ptr.dtype.element_ty
@@ -221,7 +221,7 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
                   BQ: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   PRECISION: tl.constexpr):
     """dq_j = carry_j (dnum_j C̄_inᵀ + dden_j n̄_in) + Σ_{l<=j} w_jl dP_jl k_l. Grid: (BH·nc, query tiles, DK tiles)."""
-    bc, pq, pk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bc, pq, pk = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     bh = bc // nc
     c = bc % nc
     row0 = bh * nc * L + c * L
@@ -251,63 +251,75 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
 
 
 @triton.jit
-def bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, inw_ptr, dCend_ptr, dnend_ptr,
-                    dk_ptr, dv_ptr, nc, L, DK, DV, n_dk_tiles,
-                    BQ: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    PRECISION: tl.constexpr):
-    """dk and dv of BT key steps of one chunk; axis 2 of the grid picks a DK tile (dk) or a DV tile (dv).
+def bwd_dk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, inw_ptr, dCend_ptr, dnend_ptr,
+                  dk_ptr, nc, L, DK, DV,
+                  BQ: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+    """dk_l = Σ_{j>=l} w_jl dP_jl q_j + inw_l (dC̄_end v_l + dn̄_end) for BT key steps of one chunk.
 
-    dk_l = Σ_{j>=l} w_jl dP_jl q_j + inw_l (dC̄_end v_l + dn̄_end)
-    dv_l = Σ_{j>=l} w_jl (q_j·k_l) dnum_j + inw_l dC̄_endᵀ k_l
-    Grid: (BH·nc, key tiles, DK tiles + DV tiles).
+    Grid: (BH·nc, key tiles, DK tiles).
     """
-    bc, pt, pd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bh = bc // nc
+    bc, pt, pk = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     c = bc % nc
-    row0 = bh * nc * L + c * L
+    row0 = (bc // nc) * nc * L + c * L
     t = pt * BT + tl.arange(0, BT)
     tm = t < L
+    dk = pk * BK + tl.arange(0, BK)
     acc_dtype = dCend_ptr.dtype.element_ty
     dot_dtype = q_ptr.dtype.element_ty
+    acc = tl.zeros((BT, BK), dtype=acc_dtype)
+    for v0 in range(0, DV, BV):  # state part: v_l dC̄_endᵀ
+        dv = v0 + tl.arange(0, BV)
+        vt = tl.load(v_ptr + (row0 + t)[:, None] * DV + dv[None, :], mask=tm[:, None] & (dv[None, :] < DV), other=0.0)
+        dCt = tl.load(dCend_ptr + bc * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
+        acc += _dot(vt, tl.trans(dCt.to(dot_dtype)), PRECISION)
+    dnt = tl.load(dnend_ptr + bc * DK + dk, mask=dk < DK, other=0.0)
     inw = tl.load(inw_ptr + row0 + t, mask=tm, other=0.0)
-    if pd < n_dk_tiles:
-        dk = pd * BK + tl.arange(0, BK)
-        acc = tl.zeros((BT, BK), dtype=acc_dtype)
-        for v0 in range(0, DV, BV):  # state part: v_l dC̄_endᵀ
-            dv = v0 + tl.arange(0, BV)
-            vt = tl.load(v_ptr + (row0 + t)[:, None] * DV + dv[None, :], mask=tm[:, None] & (dv[None, :] < DV), other=0.0)
-            dCt = tl.load(dCend_ptr + bc * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
-            acc += _dot(vt, tl.trans(dCt.to(dot_dtype)), PRECISION)
-        dnt = tl.load(dnend_ptr + bc * DK + dk, mask=dk < DK, other=0.0)
-        acc = (acc + dnt[None, :]) * inw[:, None]
-        for j0 in range(pt * BT // BQ * BQ, L, BQ):
-            j = j0 + tl.arange(0, BQ)
-            dP = _dP(dh_ptr, rQ_ptr, dden_ptr, v_ptr, row0, j, t, L, DV, BQ, BT, BV, acc_dtype, PRECISION)
-            ds = dP * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)  # (BQ, BT)
-            qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=(j[:, None] < L) & (dk[None, :] < DK), other=0.0)
-            acc += _dot(tl.trans(ds.to(dot_dtype)), qt, PRECISION)
-        tl.store(dk_ptr + (row0 + t)[:, None] * DK + dk[None, :], acc, mask=tm[:, None] & (dk[None, :] < DK))
-    else:
-        dv = (pd - n_dk_tiles) * BV + tl.arange(0, BV)
-        acc = tl.zeros((BT, BV), dtype=acc_dtype)
-        for k0 in range(0, DK, BK):  # state part: k_l dC̄_end
+    acc = (acc + dnt[None, :]) * inw[:, None]
+    for j0 in range(pt * BT // BQ * BQ, L, BQ):
+        j = j0 + tl.arange(0, BQ)
+        dP = _dP(dh_ptr, rQ_ptr, dden_ptr, v_ptr, row0, j, t, L, DV, BQ, BT, BV, acc_dtype, PRECISION)
+        ds = dP * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)  # (BQ, BT)
+        qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=(j[:, None] < L) & (dk[None, :] < DK), other=0.0)
+        acc += _dot(tl.trans(ds.to(dot_dtype)), qt, PRECISION)
+    tl.store(dk_ptr + (row0 + t)[:, None] * DK + dk[None, :], acc, mask=tm[:, None] & (dk[None, :] < DK))
+
+
+@triton.jit
+def bwd_dv_kernel(q_ptr, k_ptr, dh_ptr, rQ_ptr, u_ptr, M_ptr, inw_ptr, dCend_ptr,
+                  dv_ptr, nc, L, DK, DV,
+                  BQ: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+    """dv_l = Σ_{j>=l} w_jl (q_j·k_l) dnum_j + inw_l dC̄_endᵀ k_l for BT key steps of one chunk.
+
+    Grid: (BH·nc, key tiles, DV tiles).
+    """
+    bc, pt, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    c = bc % nc
+    row0 = (bc // nc) * nc * L + c * L
+    t = pt * BT + tl.arange(0, BT)
+    tm = t < L
+    dv = pv * BV + tl.arange(0, BV)
+    acc_dtype = dCend_ptr.dtype.element_ty
+    dot_dtype = q_ptr.dtype.element_ty
+    acc = tl.zeros((BT, BV), dtype=acc_dtype)
+    for k0 in range(0, DK, BK):  # state part: k_l dC̄_end
+        dk = k0 + tl.arange(0, BK)
+        kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=tm[:, None] & (dk[None, :] < DK), other=0.0)
+        dCt = tl.load(dCend_ptr + bc * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
+        acc += _dot(kt, dCt.to(dot_dtype), PRECISION)
+    inw = tl.load(inw_ptr + row0 + t, mask=tm, other=0.0)
+    acc = acc * inw[:, None]
+    for j0 in range(pt * BT // BQ * BQ, L, BQ):
+        j = j0 + tl.arange(0, BQ)
+        jm = j < L
+        s = tl.zeros((BQ, BT), dtype=acc_dtype)
+        for k0 in range(0, DK, BK):
             dk = k0 + tl.arange(0, BK)
+            qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=jm[:, None] & (dk[None, :] < DK), other=0.0)
             kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=tm[:, None] & (dk[None, :] < DK), other=0.0)
-            dCt = tl.load(dCend_ptr + bc * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
-            acc += _dot(kt, dCt.to(dot_dtype), PRECISION)
-        acc = acc * inw[:, None]
-        for j0 in range(pt * BT // BQ * BQ, L, BQ):
-            j = j0 + tl.arange(0, BQ)
-            jm = j < L
-            s = tl.zeros((BQ, BT), dtype=acc_dtype)
-            for k0 in range(0, DK, BK):
-                dk = k0 + tl.arange(0, BK)
-                qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=jm[:, None] & (dk[None, :] < DK), other=0.0)
-                kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=tm[:, None] & (dk[None, :] < DK), other=0.0)
-                s += _dot(qt, tl.trans(kt), PRECISION)
-            p = s * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)  # (BQ, BT)
-            rQ = tl.load(rQ_ptr + row0 + j, mask=jm, other=0.0)
-            dht = tl.load(dh_ptr + (row0 + j)[:, None] * DV + dv[None, :], mask=jm[:, None] & (dv[None, :] < DV), other=0.0)
-            dnum = (dht.to(acc_dtype) * rQ[:, None]).to(dot_dtype)
-            acc += _dot(tl.trans(p.to(dot_dtype)), dnum, PRECISION)
-        tl.store(dv_ptr + (row0 + t)[:, None] * DV + dv[None, :], acc, mask=tm[:, None] & (dv[None, :] < DV))
+            s += _dot(qt, tl.trans(kt), PRECISION)
+        p = s * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)  # (BQ, BT)
+        rQ = tl.load(rQ_ptr + row0 + j, mask=jm, other=0.0)
+        dht = tl.load(dh_ptr + (row0 + j)[:, None] * DV + dv[None, :], mask=jm[:, None] & (dv[None, :] < DV), other=0.0)
+        dnum = (dht.to(acc_dtype) * rQ[:, None]).to(dot_dtype)
+        acc += _dot(tl.trans(p.to(dot_dtype)), dnum, PRECISION)
+    tl.store(dv_ptr + (row0 + t)[:, None] * DV + dv[None, :], acc, mask=tm[:, None] & (dv[None, :] < DV))

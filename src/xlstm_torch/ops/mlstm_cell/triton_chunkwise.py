@@ -1,13 +1,14 @@
 """mLSTM chunkwise form as Triton kernels: the GPU path (``backend="triton"``).
 
 The same algorithm as chunkwise.py (MATH.md "Chunkwise form"; TFLA paper, Beck et al. 2025, Sec. 3)
-with the matrix work in five kernels (_triton_chunkwise_kernels.py):
+with the matrix work in six kernels (_triton_chunkwise_kernels.py):
 
     forward   fwd_states  scan over chunks: the state C̄, n̄ entering each chunk (fp32)
               fwd_out     per chunk and query tile: carried state + causal intra-chunk part -> h
     backward  bwd_states  reverse scan: gradient on the state leaving each chunk
               bwd_dq      per query tile: dq
-              bwd_dkdv    per key tile: dk (DK tiles) and dv (DV tiles)
+              bwd_dk      per key tile: dk
+              bwd_dv      per key tile: dv
 
 The O(S) gate numbers (cumulative log forget gates, stabilisers) are shared with chunkwise.py and
 computed there in float64 (``_gate_stats``); the kernels get them as fp32 per-step factors, each
@@ -94,7 +95,8 @@ class _Plan:
         self.first, self.last = first.to(q.device), last.to(q.device)
         self.D = len(layout.chunk_bounds) - 1
 
-        self.precision = "ieee"  # fp32/fp64 inputs: exact products (tf32 would cost ~1e-3 relative)
+        # fp32/fp64 inputs: exact products (tf32 would cost ~1e-3 relative); bf16/fp16 products are exact anyway.
+        self.precision = "ieee" if sdtype == q.dtype else "tf32"
         self.BK = _pow2_tile(DK, 128)
         self.BV = _pow2_tile(DV, 128)
         self.BT = _pow2_tile(L, 64)  # query and key tiles inside a chunk
@@ -171,13 +173,14 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
         dq = torch.empty(BH, plan.S_pad, DK, dtype=sd, device=q.device)
         dk = torch.empty_like(dq)
         dv = torch.empty(BH, plan.S_pad, DV, dtype=sd, device=q.device)
-        n_dk_tiles = triton_cdiv(DK, plan.BK)
         tiles = dict(BQ=plan.BT, BT=plan.BT, BK=plan.BK, BV=plan.BV, PRECISION=plan.precision)
-        kern.bwd_dq_kernel[(BH * nc, triton_cdiv(L, plan.BT), n_dk_tiles)](
+        n_t, n_dk, n_dv = triton_cdiv(L, plan.BT), triton_cdiv(DK, plan.BK), triton_cdiv(DV, plan.BV)
+        kern.bwd_dq_kernel[(BH * nc, n_t, n_dk)](
             plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.carry, Cin, nin, dq, nc, L, DK, DV, **tiles)
-        kern.bwd_dkdv_kernel[(BH * nc, triton_cdiv(L, plan.BT), n_dk_tiles + triton_cdiv(DV, plan.BV))](
-            plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.inw, dC_end, dn_end, dk, dv,
-            nc, L, DK, DV, n_dk_tiles, **tiles)
+        kern.bwd_dk_kernel[(BH * nc, n_t, n_dk)](
+            plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.inw, dC_end, dn_end, dk, nc, L, DK, DV, **tiles)
+        kern.bwd_dv_kernel[(BH * nc, n_t, n_dv)](
+            plan.q, plan.k, dh_pad, rQ, plan.u, plan.M, plan.inw, dC_end, dv, nc, L, DK, DV, **tiles)
 
         # Gate gradients in float64 (chunkwise.py): every term of k_l carries exp(u_l), so du_l = dk_l·k_l;
         # both parts of the state leaving chunk k carry exp(g_k), so dg_k = <dC̄_end_k, C̄_end_k>.
