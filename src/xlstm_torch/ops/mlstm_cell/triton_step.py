@@ -42,7 +42,7 @@ def _mlstm_step_kernel(
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """One program: head ``program_id(0)`` (of B*NH), value columns ``program_id(1)`` (a DV tile)."""
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)  # int64 offsets: B·NH·DK·DV can pass 2³¹
     tile_v = tl.program_id(1)
     b = bh // NH
     hd = bh % NH
