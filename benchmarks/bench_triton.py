@@ -5,7 +5,7 @@ One command, one Markdown table (issue 6, the GPU path), at a fixed 65,536 token
     python benchmarks/bench_triton.py                 # S = 2048 .. 65536, B = 65536 / S; < 6 min on an H100
     python benchmarks/bench_triton.py --quick         # S = 2048, 16384, 65536; shorter timing windows
     python benchmarks/bench_triton.py --out bench.md  # the report to a file as well
-    python benchmarks/bench_triton.py --smoke         # tiny shapes on the CPU (Triton interpreted): a test
+    python benchmarks/bench_triton.py --smoke         # tiny float32 shapes (CPU: Triton interpreted): a test
 
 Without CUDA (and without --smoke) it prints why and exits 0. Rows, for NH 16, DK 128, DV 256:
 
@@ -64,13 +64,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-# Triton reads TRITON_INTERPRET when it is first imported (torch may import it), so --smoke sets
-# it before anything else: the Triton rows then run in the interpreter on the CPU.
-if "--smoke" in sys.argv[1:]:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+# Triton reads TRITON_INTERPRET when it is first imported (importing our ops imports it), so
+# --smoke on a machine without CUDA sets it first: the Triton rows then run interpreted on the CPU.
+if "--smoke" in sys.argv[1:] and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from xlstm_torch.ops import mlstm, mlstm_step  # noqa: E402
 
@@ -372,8 +372,8 @@ def run_child_compiled(args) -> int:
 
 
 def setup(args):
-    if args.smoke:  # Triton rows run interpreted only if TRITON_INTERPRET=1 was set before Triton's import
-        return torch.device("cpu"), torch.float32
+    if args.smoke:  # without CUDA the Triton rows run only if TRITON_INTERPRET=1 was set before Triton's import
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.float32
     torch.backends.cuda.matmul.allow_tf32 = True  # for the float32 matrix products inside the chunkwise PyTorch path
     return torch.device("cuda"), torch.bfloat16
 
@@ -390,7 +390,7 @@ def main(argv=None) -> str:
     device, dtype = setup(args)
     budget = Budget(args.budget_s)
     mm = matmul_tflops(device, dtype, args.matmul_size, args)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (--smoke: Triton interpreted)"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (Triton interpreted)"
     header = (f"{name}, torch {torch.__version__}, {str(dtype).removeprefix('torch.')}; "
               f"matmul {args.matmul_size}³ {str(dtype).removeprefix('torch.')}: {mm:.1f} TFLOP/s (the % mm reference); "
               f"{args.tokens:,} tokens per call; timing: "
@@ -479,7 +479,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="after this many seconds the remaining cells are skipped (the compiled rows add up to "
                         "len(--compile-seq-lens) x --compile-timeout-s)")
     p.add_argument("--quick", action="store_true", help="S = 2048, 16384, 65536; shorter timing windows")
-    p.add_argument("--smoke", action="store_true", help="tiny float32 shapes on the CPU, Triton interpreted (a test)")
+    p.add_argument("--smoke", action="store_true", help="tiny float32 shapes; without CUDA on the CPU, Triton interpreted")
     p.add_argument("--out", help="also write the report here")
     p.add_argument("--child-compiled", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """benchmarks/bench_triton.py: the --smoke table's rows, the FLOP model, the guards (not timing values).
 
---smoke runs tiny float32 shapes on the CPU with the Triton rows interpreted (tests/conftest.py sets
-TRITON_INTERPRET=1 without a GPU); the real run needs CUDA and is the lead's GPU check.
+--smoke runs tiny float32 shapes: without a GPU on the CPU with the Triton rows interpreted
+(tests/conftest.py sets TRITON_INTERPRET=1), else on CUDA; the real run is benchmarks/gpu_check.sh.
 """
 
 from __future__ import annotations
