@@ -84,8 +84,9 @@ def _mlstm_step_kernel(
         num += tl.sum(q[:, None] * C_new, axis=0)
         den += q * n_new
 
-    # The normaliser floor exp(-m') with the exponent clamped as in state.normaliser_floor.
-    floor = tl.exp(tl.minimum(tl.maximum(-m_new, log_floor_min), log_floor_max))
+    # The normaliser floor exp(-m') with the exponent clamped as in state.normaliser_floor, of the
+    # rounded m' as there; in float64 because Triton's float32 exp is the approximate ex2 (~1e-5 off at |m'| ~ 80).
+    floor = tl.exp(tl.minimum(tl.maximum(-m_new.to(tl.float64), log_floor_min), log_floor_max)).to(sdtype)
     h = num / (tl.maximum(tl.abs(tl.sum(den, axis=0)), floor) + eps)
     tl.store(h_ptr + bh * DV + offs_v, h.to(h_ptr.dtype.element_ty), mask=mask_v)
     if writes_n:
