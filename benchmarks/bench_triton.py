@@ -344,28 +344,39 @@ def decode_rows(args, device) -> list[list[str]]:
     return rows
 
 
-def compiled_in_child(S: int, args) -> dict:
-    """The compiled chunkwise row at one S, in a child process with a time limit (compile can take minutes)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child-compiled", str(S), "--tokens", str(args.tokens),
-           "--heads", str(args.heads), "--dk", str(args.dk), "--dv", str(args.dv), "--modes", ",".join(args.modes),
-           "--warmup-ms", str(args.warmup_ms), "--rep-ms", str(args.rep_ms), "--cpu-reps", str(args.cpu_reps),
-           "--compile-chunk-size", str(args.compile_chunk_size)] + (["--smoke"] if args.smoke else [])
+def row_in_child(spec: str, S: int, args, timeout_s: float) -> dict:
+    """One row (``spec``: "compiled" or "tfla:<L>") at one S, in a child process with a time limit.
+
+    The compiled row can take minutes to compile; a peer's Triton kernel can crash its compiler
+    (an LLVM assertion aborts the process): either way the parent records it and goes on.
+    """
+    cmd = [sys.executable, os.path.abspath(__file__), "--child-row", spec, "--child-seq", str(S), "--tokens",
+           str(args.tokens), "--heads", str(args.heads), "--dk", str(args.dk), "--dv", str(args.dv), "--modes",
+           ",".join(args.modes), "--warmup-ms", str(args.warmup_ms), "--rep-ms", str(args.rep_ms), "--cpu-reps",
+           str(args.cpu_reps), "--compile-chunk-size", str(args.compile_chunk_size)] + (["--smoke"] if args.smoke else [])
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.compile_timeout_s)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.compile_timeout_s:.0f} s (--compile-timeout-s), compile included"}
+        return {"error": f"timed out after {timeout_s:.0f} s, compile included"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         return {"error": f"child exited {done.returncode}: {done.stderr.strip().splitlines()[-1:] or ''}"}
     return json.loads(lines[-1])
 
 
-def run_child_compiled(args) -> int:
-    """Child side of ``compiled_in_child``: time one compiled row, print it as one JSON line."""
+def compiled_in_child(S: int, args) -> dict:
+    return row_in_child("compiled", S, args, args.compile_timeout_s)
+
+
+def run_child_row(args) -> int:
+    """Child side of ``row_in_child``: time one row, print it as one JSON line."""
     device, dtype = setup(args)
-    S = args.child_compiled
+    S = args.child_seq
     shape = Shape(max(1, args.tokens // S), args.heads, S, args.dk, args.dv)
-    impl = ours("chunkwise", args.compile_chunk_size, compiled=True)
+    if args.child_row == "compiled":
+        impl = ours("chunkwise", args.compile_chunk_size, compiled=True)
+    else:
+        impl = tfla(int(args.child_row.split(":")[1]))
     row = run_row(impl, shape, dtype, device, args, 1.0, Budget(math.inf), check=False)
     print(json.dumps({k: v for k, v in row.items()}), flush=True)
     return 0
@@ -380,8 +391,8 @@ def setup(args):
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    if args.child_compiled:
-        raise SystemExit(run_child_compiled(args))
+    if args.child_row:
+        raise SystemExit(run_child_row(args))
     if not args.smoke and not torch.cuda.is_available():
         message = "bench_triton.py measures CUDA kernels and no CUDA device is available: nothing to run (see --smoke)."
         print(message)
@@ -405,6 +416,12 @@ def main(argv=None) -> str:
         for impl in impls:
             D = impl.name.rsplit("=", 1)[-1] if impl.kind == "attention" else None
             shape = Shape(B, args.heads, S, int(D) if D else args.dk, int(D) if D else args.dv)
+            if impl.name.startswith("mlstm_kernels") and not impl.skip and budget.left() > 0:
+                base = {"implementation": impl.name, "S": S, "B": B, "NH": args.heads, "DK / DV": f"{args.dk} / {args.dv}"}
+                result = row_in_child(f"tfla:{impl.chunk}", S, args, timeout_s=max(30.0, min(120.0, budget.left())))
+                rows.append({**base, "note": [f"err: {result['error']}"]} if "error" in result else result)
+                print(f"  {impl.name} S={S}: {result}", file=sys.stderr, flush=True)
+                continue
             rows.append(run_row(impl, shape, dtype, device, args, mm, budget, check=(n == 0)))
         if args.out:  # the rows so far, in case the run is cut off (a timeout kills before the final write)
             write(args.out, header + "\n\n" + markdown(COLUMNS, [format_row(r, mm) for r in rows]) + "\n\n(partial)\n")
@@ -481,12 +498,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="S = 2048, 16384, 65536; shorter timing windows")
     p.add_argument("--smoke", action="store_true", help="tiny float32 shapes; without CUDA on the CPU, Triton interpreted")
     p.add_argument("--out", help="also write the report here")
-    p.add_argument("--child-compiled", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--child-row", help=argparse.SUPPRESS)
+    p.add_argument("--child-seq", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.seq_lens, args.warmup_ms, args.rep_ms = [2048, 16384, 65536], 10.0, 40.0
         args.compile_seq_lens = [2048]
-    if args.smoke and args.child_compiled is None:
+    if args.smoke and args.child_row is None:
         args.seq_lens, args.tokens, args.heads, args.dk, args.dv = [16, 32], 64, 2, 8, 16
         args.chunk_sizes, args.tfla_chunk_sizes, args.sdpa_head_dims = [16], [16], [8]
         args.compile_chunk_size, args.compile_seq_lens = 16, [32]

@@ -96,7 +96,7 @@ def test_chained_steps_match_sequence_op(dtype):
     v = torch.randn(B, NH, S, DV, generator=g, dtype=torch.float64)
     i = torch.randn(B, NH, S, generator=g, dtype=torch.float64) * 3
     f = torch.randn(B, NH, S, generator=g, dtype=torch.float64) * 3 + 2.0
-    state0 = make_state(B, NH, DK, DV, dtype=torch.float64)
+    state0 = MLSTMState(*(x.cpu() for x in make_state(B, NH, DK, DV, dtype=torch.float64)))
     h_ref, st_ref = mlstm(q, k, v, i, f, state=state0, return_state=True, backend="reference")
     q, k, v, i, f = (x.to(dtype=dtype, device=DEVICE) for x in (q, k, v, i, f))
     state, hs = MLSTMState(*(x.to(dtype=dtype, device=DEVICE) for x in state0)), []

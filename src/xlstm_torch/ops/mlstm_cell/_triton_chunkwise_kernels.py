@@ -102,7 +102,7 @@ def fwd_states_kernel(k_ptr, v_ptr, inw_ptr, decay_ptr, first_ptr, last_ptr,
 
 @triton.jit
 def fwd_out_kernel(q_ptr, k_ptr, v_ptr, u_ptr, M_ptr, carry_ptr, floor_ptr, Cin_ptr, nin_ptr,
-                   h_ptr, den_ptr, nc, L, DK, DV, eps,
+                   h_ptr, den_ptr, eps_ptr, nc, L, DK, DV,
                    BQ: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    PRECISION: tl.constexpr):
     """Outputs of BQ steps of one chunk for one DV tile: carried state plus the causal intra-chunk part.
@@ -143,7 +143,7 @@ def fwd_out_kernel(q_ptr, k_ptr, v_ptr, u_ptr, M_ptr, carry_ptr, floor_ptr, Cin_
         vt = tl.load(v_ptr + (row0 + t)[:, None] * DV + dv[None, :], mask=(t[:, None] < L) & (dv[None, :] < DV), other=0.0)
         num += _dot(p.to(vt.dtype), vt, PRECISION)
     floor = tl.load(floor_ptr + row0 + j, mask=jm, other=1.0)
-    Q = tl.maximum(tl.abs(den), floor) + eps
+    Q = tl.maximum(tl.abs(den), floor) + tl.load(eps_ptr)  # eps in the state dtype (a float arg would be fp32)
     h = num / Q[:, None]
     tl.store(h_ptr + (row0 + j)[:, None] * DV + dv[None, :], h.to(h_ptr.dtype.element_ty), mask=jm[:, None] & (dv[None, :] < DV))
     if pv == 0:
@@ -153,12 +153,15 @@ def fwd_out_kernel(q_ptr, k_ptr, v_ptr, u_ptr, M_ptr, carry_ptr, floor_ptr, Cin_
 @triton.jit
 def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, first_ptr, last_ptr,
                       dClast_ptr, dnlast_ptr, dCend_ptr, dnend_ptr, dC0_ptr, dn0_ptr,
+                      Cin_ptr, nin_ptr, Clast_ptr, nlast_ptr, dg_ptr,
                       nc, L, D_docs, DK, DV,
                       BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PRECISION: tl.constexpr):
     """The reverse scan: gradient on the state leaving every chunk (and on each document's C0).
 
     dC̄_end_{k-1} = Σ_j (carry_j q_j) dnum_jᵀ over chunk k + decay_k dC̄_end_k, with dnum_j = dh_j / Q_j
-    (dn̄ likewise with dden_j). Grid: (BH, DK tiles, DV tiles).
+    (dn̄ likewise with dden_j). On the way it forms this tile's part of dg_k = <dC̄_end_k, C̄_end_k>
+    (+ the n̄ part), the gradient on chunk k's total log forget gate: dg (tiles, BH, nc).
+    Grid: (BH, DK tiles, DV tiles).
     """
     bh, pk, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     dk = pk * BK + tl.arange(0, BK)
@@ -174,6 +177,14 @@ def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, fir
             dC, dn = _load_state(dClast_ptr, dnlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
         state = bh * nc + c
         _store_state(dCend_ptr, dnend_ptr, state, dC, dn, dk, dv, DK, DV, pv == 0)
+        if d_last >= 0:  # the state leaving chunk c: the document's final state, or the next chunk's input
+            C_end, n_end = _load_state(Clast_ptr, nlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
+        else:
+            C_end, n_end = _load_state(Cin_ptr, nin_ptr, state + 1, dk, dv, DK, DV)
+        dg = tl.sum(tl.sum(dC * C_end, axis=1), axis=0)
+        if pv == 0:
+            dg += tl.sum(dn * n_end, axis=0)
+        tl.store(dg_ptr + ((pk * tl.num_programs(2) + pv) * tl.num_programs(0) + bh) * nc + c, dg)
         decay = tl.load(decay_ptr + state)
         dC = dC * decay
         dn = dn * decay
@@ -193,6 +204,34 @@ def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, fir
         d_first = tl.load(first_ptr + c)
         if d_first >= 0:
             _store_state(dC0_ptr, dn0_ptr, bh * D_docs + d_first, dC, dn, dk, dv, DK, DV, pv == 0)
+
+
+@triton.jit
+def bwd_prep_kernel(dh_ptr, h_ptr, den_ptr, floor_ptr, eps_ptr, rQ_ptr, dden_ptr, dl_ptr, dhh_ptr, N, DV,
+                    BR: tl.constexpr, BV: tl.constexpr):
+    """Per step: dh·h (fp32, from the stored h), 1/Q, and the gradients on the normaliser and on ℓ_j.
+
+    Q = max(|den|, floor) + eps; dden = -(dh·h)/Q sign(den) [|den| > floor]; dℓ = dh·h + dden den
+    (num and den are both ∝ exp(ℓ)). Grid: (cdiv(N, BR),) over the N = BH·S_pad steps.
+    """
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    rm = r < N
+    dhh = tl.zeros((BR,), dtype=dden_ptr.dtype.element_ty)
+    for v0 in range(0, DV, BV):
+        dv = v0 + tl.arange(0, BV)
+        mask = rm[:, None] & (dv[None, :] < DV)
+        dht = tl.load(dh_ptr + r[:, None] * DV + dv[None, :], mask=mask, other=0.0)
+        ht = tl.load(h_ptr + r[:, None] * DV + dv[None, :], mask=mask, other=0.0)
+        dhh += tl.sum(dht.to(dhh.dtype) * ht.to(dhh.dtype), axis=1)
+    den = tl.load(den_ptr + r, mask=rm, other=1.0)
+    floor = tl.load(floor_ptr + r, mask=rm, other=1.0)
+    Q = tl.maximum(tl.abs(den), floor) + tl.load(eps_ptr)
+    sign = tl.where(den > 0, 1.0, tl.where(den < 0, -1.0, 0.0))
+    dden = tl.where(tl.abs(den) > floor, -dhh / Q * sign, 0.0)
+    tl.store(rQ_ptr + r, 1.0 / Q, mask=rm)
+    tl.store(dden_ptr + r, dden, mask=rm)
+    tl.store(dl_ptr + r, dhh + dden * den, mask=rm)
+    tl.store(dhh_ptr + r, dhh, mask=rm)
 
 
 @triton.jit
@@ -247,15 +286,16 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
         ds = dP * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)
         kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=(t[:, None] < L) & (dk[None, :] < DK), other=0.0)
         dq += _dot(ds.to(dot_dtype), kt, PRECISION)
-    tl.store(dq_ptr + (row0 + j)[:, None] * DK + dk[None, :], dq, mask=jm[:, None] & (dk[None, :] < DK))
+    tl.store(dq_ptr + (row0 + j)[:, None] * DK + dk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=jm[:, None] & (dk[None, :] < DK))
 
 
 @triton.jit
 def bwd_dk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, inw_ptr, dCend_ptr, dnend_ptr,
-                  dk_ptr, nc, L, DK, DV,
+                  dk_ptr, du_ptr, nc, L, DK, DV,
                   BQ: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
     """dk_l = Σ_{j>=l} w_jl dP_jl q_j + inw_l (dC̄_end v_l + dn̄_end) for BT key steps of one chunk.
 
+    Also this DK tile's part of du_l = dk_l·k_l (every term of k_l carries exp(u_l)): du (DK tiles, BH·S_pad).
     Grid: (BH·nc, key tiles, DK tiles).
     """
     bc, pt, pk = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
@@ -281,7 +321,9 @@ def bwd_dk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, i
         ds = dP * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)  # (BQ, BT)
         qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=(j[:, None] < L) & (dk[None, :] < DK), other=0.0)
         acc += _dot(tl.trans(ds.to(dot_dtype)), qt, PRECISION)
-    tl.store(dk_ptr + (row0 + t)[:, None] * DK + dk[None, :], acc, mask=tm[:, None] & (dk[None, :] < DK))
+    tl.store(dk_ptr + (row0 + t)[:, None] * DK + dk[None, :], acc.to(dk_ptr.dtype.element_ty), mask=tm[:, None] & (dk[None, :] < DK))
+    kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=tm[:, None] & (dk[None, :] < DK), other=0.0)
+    tl.store(du_ptr + pk * tl.num_programs(0) * L + row0 + t, tl.sum(acc * kt.to(acc_dtype), axis=1), mask=tm)
 
 
 @triton.jit
@@ -322,4 +364,4 @@ def bwd_dv_kernel(q_ptr, k_ptr, dh_ptr, rQ_ptr, u_ptr, M_ptr, inw_ptr, dCend_ptr
         dht = tl.load(dh_ptr + (row0 + j)[:, None] * DV + dv[None, :], mask=jm[:, None] & (dv[None, :] < DV), other=0.0)
         dnum = (dht.to(acc_dtype) * rQ[:, None]).to(dot_dtype)
         acc += _dot(tl.trans(p.to(dot_dtype)), dnum, PRECISION)
-    tl.store(dv_ptr + (row0 + t)[:, None] * DV + dv[None, :], acc, mask=tm[:, None] & (dv[None, :] < DV))
+    tl.store(dv_ptr + (row0 + t)[:, None] * DV + dv[None, :], acc.to(dv_ptr.dtype.element_ty), mask=tm[:, None] & (dv[None, :] < DV))

@@ -97,25 +97,54 @@ class _Plan:
 
         # fp32/fp64 inputs: exact products (tf32 would cost ~1e-3 relative); bf16/fp16 products are exact anyway.
         self.precision = "ieee" if sdtype == q.dtype else "tf32"
-        self.BK = _pow2_tile(DK, 128)
-        self.BV = _pow2_tile(DV, 128)
-        self.BT = _pow2_tile(L, 64)  # query and key tiles inside a chunk
-        self.scan_BK = _pow2_tile(DK, 64)  # smaller tiles: more programs for the sequential scans
-        self.scan_BV = _pow2_tile(DV, 64)
+        self.cfg = launch_configs(q.element_size(), DK, DV, L)
 
-    def scan_grid(self):
-        return (self.BH, triton_cdiv(self.DK, self.scan_BK), triton_cdiv(self.DV, self.scan_BV))
+    def launch(self, name: str, *args):
+        """Launch kernel ``name`` with its tiles and warps (``launch_configs``) on its grid."""
+        cfg = self.cfg[name]
+        rows = self.BH if name.endswith("states") else self.BH * self.nc  # scans: one program per (b, h) row
+        tiles_in_chunk = () if name.endswith("states") else (triton_cdiv(self.L, cfg["BQ" if "BQ" in cfg else "BT"]),)
+        split = {"fwd_states": ("BK", "BV"), "bwd_states": ("BK", "BV"), "fwd_out": ("BV",), "bwd_dq": ("BK",),
+                 "bwd_dk": ("BK",), "bwd_dv": ("BV",)}[name]
+        dims = tuple(triton_cdiv(self.DK if t == "BK" else self.DV, cfg[t]) for t in split)
+        getattr(_kernels(), name + "_kernel")[(rows, *tiles_in_chunk, *dims)](*args, **cfg, PRECISION=self.precision)
 
     def states(self, C0, n0):
         """Forward scan: C̄, n̄ entering every chunk (BH, nc, DK, DV), (BH, nc, DK), and each document's last."""
-        kern, BH, nc, DK, DV = _kernels(), self.BH, self.nc, self.DK, self.DV
+        BH, nc, DK, DV = self.BH, self.nc, self.DK, self.DV
         Cin = torch.empty(BH, nc, DK, DV, dtype=self.sdtype, device=self.q.device)
         nin = torch.empty(BH, nc, DK, dtype=self.sdtype, device=self.q.device)
         Clast, nlast = torch.empty_like(C0), torch.empty_like(n0)
-        kern.fwd_states_kernel[self.scan_grid()](
-            self.k, self.v, self.inw, self.decay, self.first, self.last, C0, n0, Cin, nin, Clast, nlast,
-            nc, self.L, self.D, DK, DV, BK=self.scan_BK, BV=self.scan_BV, BT=self.BT, PRECISION=self.precision)
+        self.launch("fwd_states", self.k, self.v, self.inw, self.decay, self.first, self.last, C0, n0, Cin, nin,
+                    Clast, nlast, nc, self.L, self.D, DK, DV)
         return Cin, nin, Clast, nlast
+
+
+# Tuning hook: {kernel name: {launch parameter: value}} applied over the defaults (benchmarks use it).
+CONFIG_OVERRIDES: dict[str, dict] = {}
+
+
+def launch_configs(element_size: int, DK: int, DV: int, L: int) -> dict[str, dict]:
+    """Tiles and warps per kernel. Tiles shrink with the element size so the operands fit in shared
+    memory (fp64: 4x bf16's bytes); the scans take smaller tiles for more programs in parallel."""
+    cap = {2: 128, 4: 64, 8: 32}[element_size]
+
+    def tile(n: int, want: int) -> int:
+        return _pow2_tile(n, min(want, cap))
+
+    # Measured on an H200 in bf16 at NH 16, DK 128, DV 256, L 128 (benchmarks/RESULTS.md): the scans
+    # want narrow DK tiles (more programs), the backward's key-side kernels tall query tiles.
+    cfg = {
+        "fwd_states": dict(BK=tile(DK, 32), BV=tile(DV, 64), BT=tile(L, 128), num_warps=4, num_stages=2),
+        "bwd_states": dict(BK=tile(DK, 64), BV=tile(DV, 64), BT=tile(L, 64), num_warps=4, num_stages=2),
+        "fwd_out": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=4, num_stages=2),
+        "bwd_dq": dict(BQ=tile(L, 128), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
+        "bwd_dk": dict(BQ=tile(L, 128), BT=tile(L, 32), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
+        "bwd_dv": dict(BQ=tile(L, 128), BT=tile(L, 32), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
+    }
+    for name, override in CONFIG_OVERRIDES.items():
+        cfg[name].update(override)
+    return cfg
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -129,65 +158,61 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size: int, eps: float, cu_seqlens):
         plan = _Plan(q, k, v, i, f, m0, chunk_size, cu_seqlens)
-        kern, BH, nc, L, DV = _kernels(), plan.BH, plan.nc, plan.L, plan.DV
+        BH, nc, L, DV = plan.BH, plan.nc, plan.L, plan.DV
         Cin, nin, Clast, nlast = plan.states(C0, n0)
         h_pad = torch.empty(BH, plan.S_pad, DV, dtype=q.dtype, device=q.device)
         den = torch.empty(BH, plan.S_pad, dtype=plan.sdtype, device=q.device)
-        grid = (BH * nc, triton_cdiv(L, plan.BT), triton_cdiv(DV, plan.BV))
-        kern.fwd_out_kernel[grid](plan.q, plan.k, plan.v, plan.u, plan.M, plan.carry, plan.floor, Cin, nin,
-                                  h_pad, den, nc, L, plan.DK, DV, eps,
-                                  BQ=plan.BT, BT=plan.BT, BK=plan.BK, BV=plan.BV, PRECISION=plan.precision)
+        plan.eps = torch.full((1,), eps, dtype=plan.sdtype, device=q.device)
+        plan.launch("fwd_out", plan.q, plan.k, plan.v, plan.u, plan.M, plan.carry, plan.floor, Cin, nin, h_pad, den,
+                    plan.eps, nc, L, plan.DK, DV)
         h = plan.layout.unpad(h_pad).reshape(plan.B, plan.NH, plan.S, DV)
         ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h_pad, den)
-        ctx.chunk_size, ctx.eps, ctx.cu_seqlens = chunk_size, eps, cu_seqlens
+        ctx.eps = eps
+        # The backward reuses the O(S) gate numbers and padded inputs; the O(S DK DV / L) chunk states it
+        # recomputes (one more scan) rather than keep.
+        ctx.plan = plan if any(ctx.needs_input_grad) else None
         return h, Clast, nlast, plan.m_last.to(plan.sdtype)
 
     @staticmethod
     def backward(ctx, dh, dC_last, dn_last, dm_last):
         q, k, v, i, f, C0, n0, m0, h_pad, den = ctx.saved_tensors
-        eps = ctx.eps
-        plan = _Plan(q, k, v, i, f, m0, ctx.chunk_size, ctx.cu_seqlens)
-        kern, BH, nc, L, DK, DV, sd = _kernels(), plan.BH, plan.nc, plan.L, plan.DK, plan.DV, plan.sdtype
+        eps, plan = ctx.eps, ctx.plan
+        ctx.plan = None
+        BH, nc, L, DK, DV, sd = plan.BH, plan.nc, plan.L, plan.DK, plan.DV, plan.sdtype
         layout = plan.layout
         Cin, nin, Clast, nlast = plan.states(C0, n0)
 
         # h_j = num_j / Q_j with Q_j = max(|den_j|, floor_j) + eps (chunkwise.py, same bookkeeping).
         if dh is None:
             dh = torch.zeros(plan.B, plan.NH, plan.S, DV, dtype=q.dtype, device=q.device)
-        dh_pad = layout.pad(dh.reshape(BH, plan.S, DV)).contiguous()  # (BH, S_pad, DV)
-        dh_dot_h = (dh_pad.to(sd) * h_pad.to(sd)).sum(-1)  # (BH, S_pad)
-        Q = torch.maximum(den.abs(), plan.floor) + eps
-        dden = (-dh_dot_h / Q * torch.sign(den) * (den.abs() > plan.floor).to(sd)).contiguous()
-        rQ = (1.0 / Q).contiguous()
-        dl = dh_dot_h + dden * den  # dℓ_j: num_j, den_j ∝ exp(ℓ_j)
+        dh_pad = layout.pad(dh.reshape(BH, plan.S, DV).to(q.dtype)).contiguous()  # (BH, S_pad, DV)
+        rQ, dden, dl, dh_dot_h = (torch.empty(BH, plan.S_pad, dtype=sd, device=q.device) for _ in range(4))
+        N = BH * plan.S_pad
+        _kernels().bwd_prep_kernel[(triton_cdiv(N, 64),)](dh_pad, h_pad, den, plan.floor, plan.eps, rQ, dden, dl,
+                                                         dh_dot_h, N, DV, BR=64, BV=_pow2_tile(DV, 64))
 
+        dC_last_given = dC_last is not None or dn_last is not None  # else m_final gets no gradient
         dC_last = torch.zeros_like(Clast) if dC_last is None else dC_last.contiguous()
         dn_last = torch.zeros_like(nlast) if dn_last is None else dn_last.contiguous()
         dC_end, dn_end = torch.empty_like(Cin), torch.empty_like(nin)
         dC0, dn0 = torch.empty_like(C0), torch.empty_like(n0)
-        kern.bwd_states_kernel[plan.scan_grid()](
-            plan.q, dh_pad, rQ, dden, plan.carry, plan.decay, plan.first, plan.last, dC_last, dn_last,
-            dC_end, dn_end, dC0, dn0, nc, L, plan.D, DK, DV,
-            BK=plan.scan_BK, BV=plan.scan_BV, BT=plan.BT, PRECISION=plan.precision)
-
-        dq = torch.empty(BH, plan.S_pad, DK, dtype=sd, device=q.device)
+        scan_tiles = triton_cdiv(DK, plan.cfg["bwd_states"]["BK"]) * triton_cdiv(DV, plan.cfg["bwd_states"]["BV"])
+        dg = torch.empty(scan_tiles, BH, nc, dtype=sd, device=q.device)
+        plan.launch("bwd_states", plan.q, dh_pad, rQ, dden, plan.carry, plan.decay, plan.first, plan.last, dC_last,
+                    dn_last, dC_end, dn_end, dC0, dn0, Cin, nin, Clast, nlast, dg, nc, L, plan.D, DK, DV)
+        dq = torch.empty(BH, plan.S_pad, DK, dtype=q.dtype, device=q.device)
         dk = torch.empty_like(dq)
-        dv = torch.empty(BH, plan.S_pad, DV, dtype=sd, device=q.device)
-        tiles = dict(BQ=plan.BT, BT=plan.BT, BK=plan.BK, BV=plan.BV, PRECISION=plan.precision)
-        n_t, n_dk, n_dv = triton_cdiv(L, plan.BT), triton_cdiv(DK, plan.BK), triton_cdiv(DV, plan.BV)
-        kern.bwd_dq_kernel[(BH * nc, n_t, n_dk)](
-            plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.carry, Cin, nin, dq, nc, L, DK, DV, **tiles)
-        kern.bwd_dk_kernel[(BH * nc, n_t, n_dk)](
-            plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.inw, dC_end, dn_end, dk, nc, L, DK, DV, **tiles)
-        kern.bwd_dv_kernel[(BH * nc, n_t, n_dv)](
-            plan.q, plan.k, dh_pad, rQ, plan.u, plan.M, plan.inw, dC_end, dv, nc, L, DK, DV, **tiles)
+        dv = torch.empty(BH, plan.S_pad, DV, dtype=q.dtype, device=q.device)
+        du = torch.empty(triton_cdiv(DK, plan.cfg["bwd_dk"]["BK"]), BH, plan.S_pad, dtype=sd, device=q.device)
+        plan.launch("bwd_dq", plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.carry, Cin, nin, dq,
+                    nc, L, DK, DV)
+        plan.launch("bwd_dk", plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.inw, dC_end, dn_end, dk,
+                    du, nc, L, DK, DV)
+        plan.launch("bwd_dv", plan.q, plan.k, dh_pad, rQ, plan.u, plan.M, plan.inw, dC_end, dv, nc, L, DK, DV)
 
-        # Gate gradients in float64 (chunkwise.py): every term of k_l carries exp(u_l), so du_l = dk_l·k_l;
-        # both parts of the state leaving chunk k carry exp(g_k), so dg_k = <dC̄_end_k, C̄_end_k>.
-        du = (dk * plan.k.to(sd)).sum(-1)  # (BH, S_pad)
-        dg = torch.empty(BH, nc, dtype=sd, device=q.device)
-        dg[:, :-1] = _dot(dC_end[:, :-1], Cin[:, 1:], dn_end[:, :-1], nin[:, 1:])
-        dg[:, layout.last_chunks] = _dot(dC_end[:, layout.last_chunks], Clast, dn_end[:, layout.last_chunks], nlast)
+        # Gate gradients in float64 (chunkwise.py): du_l = dk_l·k_l and dg_k come from the kernels in parts
+        # (one per tile of the head dims).
+        du, dg = du.sum(0), dg.sum(0)  # (BH, S_pad), (BH, nc)
         db = (dl - du).double().view(BH, nc, L)
         db[..., -1] += dg.double()
         dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
@@ -196,19 +221,19 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
 
         # Stabiliser path: h_j depends on m_j through eps; the returned m is an output and the returned
         # C̄, n̄ carry exp(-m); dm0 also collects the initial state's scale.
-        dm_step = (-eps * dh_dot_h / Q).double().view(BH, nc, L)
+        dm_step = (-eps * dh_dot_h * rQ).double().view(BH, nc, L)
         dm_final = -_dot(dC_last, Clast, dn_last, nlast).double()
         if dm_last is not None:
             dm_final = dm_final + dm_last.double()
         dm0 = _dot(dC0, C0, dn0, n0).double()
-        if eps != 0.0 or bool((dm_final != 0).any()):
+        if eps != 0.0 or dC_last_given or dm_last is not None:
             gi, gf, gm0 = _stabiliser_grads(i, f, m0, layout, dm_step, dm_final)
             di = di + gi
             df = df + gf
             dm0 = dm0 + gm0
 
         def unpad(x, D):
-            return layout.unpad(x).reshape(plan.B, plan.NH, plan.S, D).to(q.dtype)
+            return layout.unpad(x).reshape(plan.B, plan.NH, plan.S, D)
 
         return (unpad(dq, DK), unpad(dk, DK), unpad(dv, DV), di.reshape(i.shape).to(i.dtype),
                 df.reshape(f.shape).to(f.dtype), dC0, dn0, dm0.to(m0.dtype), None, None, None)
