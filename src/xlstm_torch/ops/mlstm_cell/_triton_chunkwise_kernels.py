@@ -61,6 +61,19 @@ def _store_state(C_ptr, n_ptr, index, C, n, dk, dv, DK, DV, write_n):
 
 
 @triton.jit
+def _kv_tile(k_ptr, v_ptr, inw_ptr, row_base, s, n_sub, total, L, dk, dv, DK, DV, BT: tl.constexpr):
+    """Sub-tile s (chunk s // n_sub, steps from (s % n_sub)·BT) of k, v and inw; zeros past the end."""
+    t = (s % n_sub) * BT + tl.arange(0, BT)
+    s_t = tl.zeros_like(t) + s  # s as a tensor (a plain int s would make a mask of the wrong type)
+    valid = (t < L) & (s_t < total) & (s_t >= 0)
+    row = row_base + (s // n_sub) * L + t
+    w = tl.load(inw_ptr + row, mask=valid, other=0.0)
+    kt = tl.load(k_ptr + row[:, None] * DK + dk[None, :], mask=valid[:, None] & (dk[None, :] < DK), other=0.0)
+    vt = tl.load(v_ptr + row[:, None] * DV + dv[None, :], mask=valid[:, None] & (dv[None, :] < DV), other=0.0)
+    return kt, vt, w
+
+
+@triton.jit
 def fwd_states_kernel(k_ptr, v_ptr, inw_ptr, decay_ptr, first_ptr, last_ptr,
                       C0_ptr, n0_ptr, Cin_ptr, nin_ptr, Clast_ptr, nlast_ptr,
                       nc, L, D_docs, DK, DV,
@@ -69,35 +82,38 @@ def fwd_states_kernel(k_ptr, v_ptr, inw_ptr, decay_ptr, first_ptr, last_ptr,
 
     C̄_{k+1} = decay_k C̄_k + Σ_l inw_l k_l v_lᵀ (inw holds the 1/sqrt(DK)); n̄ likewise with 1 for v (DV tile 0).
     A chunk that starts document d begins from its initial state C0[d] instead of the carry.
-    Grid: (BH, DK tiles, DV tiles).
+    One flat loop over the sub-tiles of all chunks, each one's loads issued before the previous
+    one's product (the loop is sequential in C̄, the loads are not). Grid: (BH, DK tiles, DV tiles).
     """
     bh, pk, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     dk = pk * BK + tl.arange(0, BK)
     dv = pv * BV + tl.arange(0, BV)
     C = tl.zeros((BK, BV), dtype=Cin_ptr.dtype.element_ty)
     n = tl.zeros((BK,), dtype=Cin_ptr.dtype.element_ty)
-    S_pad = nc * L
-    for c in range(nc):
-        d_first = tl.load(first_ptr + c)
-        if d_first >= 0:
-            C, n = _load_state(C0_ptr, n0_ptr, bh * D_docs + d_first, dk, dv, DK, DV)
-        state = bh * nc + c
-        _store_state(Cin_ptr, nin_ptr, state, C, n, dk, dv, DK, DV, pv == 0)
-        decay = tl.load(decay_ptr + state)
-        C = C * decay
-        n = n * decay
-        row0 = bh * S_pad + c * L
-        for t0 in range(0, L, BT):
-            t = t0 + tl.arange(0, BT)
-            w = tl.load(inw_ptr + row0 + t, mask=t < L, other=0.0)  # (BT,) holds the 1/sqrt(DK)
-            kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=(t[:, None] < L) & (dk[None, :] < DK), other=0.0)
-            vt = tl.load(v_ptr + (row0 + t)[:, None] * DV + dv[None, :], mask=(t[:, None] < L) & (dv[None, :] < DV), other=0.0)
-            kw = (kt.to(C.dtype) * w[:, None])  # (BT, BK)
-            C += _dot(tl.trans(kw.to(kt.dtype)), vt, PRECISION)
-            n += tl.sum(kw, axis=0)
-        d_last = tl.load(last_ptr + c)
-        if d_last >= 0:
-            _store_state(Clast_ptr, nlast_ptr, bh * D_docs + d_last, C, n, dk, dv, DK, DV, pv == 0)
+    n_sub = tl.cdiv(L, BT)
+    total = nc * n_sub
+    row_base = bh * nc * L
+    kt, vt, w = _kv_tile(k_ptr, v_ptr, inw_ptr, row_base, 0, n_sub, total, L, dk, dv, DK, DV, BT)
+    for s in range(total):
+        c = s // n_sub
+        t0 = (s % n_sub) * BT
+        if t0 == 0:  # entering chunk c
+            d_first = tl.load(first_ptr + c)
+            if d_first >= 0:
+                C, n = _load_state(C0_ptr, n0_ptr, bh * D_docs + d_first, dk, dv, DK, DV)
+            _store_state(Cin_ptr, nin_ptr, bh * nc + c, C, n, dk, dv, DK, DV, pv == 0)
+            decay = tl.load(decay_ptr + bh * nc + c)
+            C = C * decay
+            n = n * decay
+        k_next, v_next, w_next = _kv_tile(k_ptr, v_ptr, inw_ptr, row_base, s + 1, n_sub, total, L, dk, dv, DK, DV, BT)
+        kw = kt.to(C.dtype) * w[:, None]  # (BT, BK)
+        C += _dot(tl.trans(kw.to(kt.dtype)), vt, PRECISION)
+        n += tl.sum(kw, axis=0)
+        if t0 + BT >= L:  # leaving chunk c
+            d_last = tl.load(last_ptr + c)
+            if d_last >= 0:
+                _store_state(Clast_ptr, nlast_ptr, bh * D_docs + d_last, C, n, dk, dv, DK, DV, pv == 0)
+        kt, vt, w = k_next, v_next, w_next
 
 
 @triton.jit
@@ -151,6 +167,20 @@ def fwd_out_kernel(q_ptr, k_ptr, v_ptr, u_ptr, M_ptr, carry_ptr, floor_ptr, Cin_
 
 
 @triton.jit
+def _qdh_tile(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, row_base, s, n_sub, L, dk, dv, DK, DV, BT: tl.constexpr):
+    """Sub-tile s of q, dh and the per-step carry, 1/Q, dden; zeros before the start."""
+    t = (s % n_sub) * BT + tl.arange(0, BT)
+    valid = (t < L) & ((tl.zeros_like(t) + s) >= 0)
+    row = row_base + (s // n_sub) * L + t
+    carry = tl.load(carry_ptr + row, mask=valid, other=0.0)
+    rQ = tl.load(rQ_ptr + row, mask=valid, other=0.0)
+    dden = tl.load(dden_ptr + row, mask=valid, other=0.0)
+    qt = tl.load(q_ptr + row[:, None] * DK + dk[None, :], mask=valid[:, None] & (dk[None, :] < DK), other=0.0)
+    dht = tl.load(dh_ptr + row[:, None] * DV + dv[None, :], mask=valid[:, None] & (dv[None, :] < DV), other=0.0)
+    return qt, dht, carry, rQ, dden
+
+
+@triton.jit
 def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, first_ptr, last_ptr,
                       dClast_ptr, dnlast_ptr, dCend_ptr, dnend_ptr, dC0_ptr, dn0_ptr,
                       Cin_ptr, nin_ptr, Clast_ptr, nlast_ptr, dg_ptr,
@@ -161,6 +191,7 @@ def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, fir
     dC̄_end_{k-1} = Σ_j (carry_j q_j) dnum_jᵀ over chunk k + decay_k dC̄_end_k, with dnum_j = dh_j / Q_j
     (dn̄ likewise with dden_j). On the way it forms this tile's part of dg_k = <dC̄_end_k, C̄_end_k>
     (+ the n̄ part), the gradient on chunk k's total log forget gate: dg (tiles, BH, nc).
+    One flat loop over the sub-tiles of all chunks, last first, loads one sub-tile ahead.
     Grid: (BH, DK tiles, DV tiles).
     """
     bh, pk, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
@@ -169,41 +200,42 @@ def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, fir
     acc_dtype = dCend_ptr.dtype.element_ty
     dC = tl.zeros((BK, BV), dtype=acc_dtype)
     dn = tl.zeros((BK,), dtype=acc_dtype)
-    S_pad = nc * L
-    for cc in range(nc):
-        c = nc - 1 - cc
-        d_last = tl.load(last_ptr + c)
-        if d_last >= 0:
-            dC, dn = _load_state(dClast_ptr, dnlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
-        state = bh * nc + c
-        _store_state(dCend_ptr, dnend_ptr, state, dC, dn, dk, dv, DK, DV, pv == 0)
-        if d_last >= 0:  # the state leaving chunk c: the document's final state, or the next chunk's input
-            C_end, n_end = _load_state(Clast_ptr, nlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
-        else:
-            C_end, n_end = _load_state(Cin_ptr, nin_ptr, state + 1, dk, dv, DK, DV)
-        dg = tl.sum(tl.sum(dC * C_end, axis=1), axis=0)
-        if pv == 0:
-            dg += tl.sum(dn * n_end, axis=0)
-        tl.store(dg_ptr + ((pk * tl.num_programs(2) + pv) * tl.num_programs(0) + bh) * nc + c, dg)
-        decay = tl.load(decay_ptr + state)
-        dC = dC * decay
-        dn = dn * decay
-        row0 = bh * S_pad + c * L
-        for t0 in range(0, L, BT):
-            t = t0 + tl.arange(0, BT)
-            tm = t < L
-            carry = tl.load(carry_ptr + row0 + t, mask=tm, other=0.0)
-            qt = tl.load(q_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=tm[:, None] & (dk[None, :] < DK), other=0.0)
-            qc = qt.to(acc_dtype) * carry[:, None]  # (BT, BK)
-            rQ = tl.load(rQ_ptr + row0 + t, mask=tm, other=0.0)
-            dht = tl.load(dh_ptr + (row0 + t)[:, None] * DV + dv[None, :], mask=tm[:, None] & (dv[None, :] < DV), other=0.0)
-            dnum = dht.to(acc_dtype) * rQ[:, None]  # (BT, BV)
-            dC += _dot(tl.trans(qc.to(qt.dtype)), dnum.to(qt.dtype), PRECISION)
-            dden = tl.load(dden_ptr + row0 + t, mask=tm, other=0.0)
-            dn += tl.sum(qc * dden[:, None], axis=0)
-        d_first = tl.load(first_ptr + c)
-        if d_first >= 0:
-            _store_state(dC0_ptr, dn0_ptr, bh * D_docs + d_first, dC, dn, dk, dv, DK, DV, pv == 0)
+    n_sub = tl.cdiv(L, BT)
+    total = nc * n_sub
+    row_base = bh * nc * L
+    qt, dht, carry, rQ, dden = _qdh_tile(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, row_base, total - 1, n_sub, L,
+                                         dk, dv, DK, DV, BT)
+    for ss in range(total):
+        s = total - 1 - ss
+        c = s // n_sub
+        t0 = (s % n_sub) * BT
+        if t0 + BT >= L:  # (backwards) entering chunk c from its end
+            state = bh * nc + c
+            d_last = tl.load(last_ptr + c)
+            if d_last >= 0:
+                dC, dn = _load_state(dClast_ptr, dnlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
+            _store_state(dCend_ptr, dnend_ptr, state, dC, dn, dk, dv, DK, DV, pv == 0)
+            if d_last >= 0:  # the state leaving chunk c: the document's final state, or the next chunk's input
+                C_end, n_end = _load_state(Clast_ptr, nlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
+            else:
+                C_end, n_end = _load_state(Cin_ptr, nin_ptr, state + 1, dk, dv, DK, DV)
+            dg = tl.sum(tl.sum(dC * C_end, axis=1), axis=0)
+            if pv == 0:
+                dg += tl.sum(dn * n_end, axis=0)
+            tl.store(dg_ptr + ((pk * tl.num_programs(2) + pv) * tl.num_programs(0) + bh) * nc + c, dg)
+            decay = tl.load(decay_ptr + state)
+            dC = dC * decay
+            dn = dn * decay
+        nxt = _qdh_tile(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, row_base, s - 1, n_sub, L, dk, dv, DK, DV, BT)
+        qc = qt.to(acc_dtype) * carry[:, None]  # (BT, BK)
+        dnum = dht.to(acc_dtype) * rQ[:, None]  # (BT, BV)
+        dC += _dot(tl.trans(qc.to(qt.dtype)), dnum.to(qt.dtype), PRECISION)
+        dn += tl.sum(qc * dden[:, None], axis=0)
+        if t0 == 0:  # leaving chunk c at its start
+            d_first = tl.load(first_ptr + c)
+            if d_first >= 0:
+                _store_state(dC0_ptr, dn0_ptr, bh * D_docs + d_first, dC, dn, dk, dv, DK, DV, pv == 0)
+        qt, dht, carry, rQ, dden = nxt
 
 
 @triton.jit

@@ -103,7 +103,9 @@ class _Plan:
         """Launch kernel ``name`` with its tiles and warps (``launch_configs``) on its grid."""
         cfg = self.cfg[name]
         rows = self.BH if name.endswith("states") else self.BH * self.nc  # scans: one program per (b, h) row
-        tiles_in_chunk = () if name.endswith("states") else (triton_cdiv(self.L, cfg["BQ" if "BQ" in cfg else "BT"]),)
+        # fwd_out and dq own query tiles (BQ), dk and dv key tiles (BT)
+        tiles_in_chunk = () if name.endswith("states") else (
+            triton_cdiv(self.L, cfg["BQ" if name in ("fwd_out", "bwd_dq") else "BT"]),)
         split = {"fwd_states": ("BK", "BV"), "bwd_states": ("BK", "BV"), "fwd_out": ("BV",), "bwd_dq": ("BK",),
                  "bwd_dk": ("BK",), "bwd_dv": ("BV",)}[name]
         dims = tuple(triton_cdiv(self.DK if t == "BK" else self.DV, cfg[t]) for t in split)
