@@ -45,6 +45,19 @@ def run(inputs, backend, state=None, chunk_size=16, eps=1e-6):
     return h, final, grads
 
 
+def extreme_gate_inputs(S: int, dtype):
+    """Inputs whose gate pre-activations span [-1e4, 1e4], with saturated runs of each sign."""
+    g = torch.Generator().manual_seed(3)
+    inputs = make_inputs(S=S, dtype=dtype)
+    with torch.no_grad():
+        inputs[3].copy_((torch.rand(inputs[3].shape, generator=g) * 2 - 1) * 1e4)
+        inputs[4].copy_((torch.rand(inputs[4].shape, generator=g) * 2 - 1) * 1e4)
+        inputs[3][0, 0, :10] = 1e4
+        inputs[4][0, 1, :] = -1e4
+        inputs[3][1, 0, :] = -1e4
+    return inputs
+
+
 NAMES = ["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
 
 
@@ -174,14 +187,7 @@ def test_token_by_token_step_equals_one_call():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_extreme_gates_finite(backend, dtype):
     """Gate pre-activations anywhere in [-1e4, 1e4]: finite outputs, states and gradients."""
-    g = torch.Generator().manual_seed(3)
-    inputs = make_inputs(S=130, dtype=dtype)
-    with torch.no_grad():
-        inputs[3].copy_((torch.rand(inputs[3].shape, generator=g) * 2 - 1) * 1e4)
-        inputs[4].copy_((torch.rand(inputs[4].shape, generator=g) * 2 - 1) * 1e4)
-        inputs[3][0, 0, :10] = 1e4
-        inputs[4][0, 1, :] = -1e4
-        inputs[3][1, 0, :] = -1e4
+    inputs = extreme_gate_inputs(130, dtype)
     h, st, grads = run(inputs, backend, make_state())
     for name, t in zip(NAMES, [h, *st, *grads]):
         assert torch.isfinite(t).all(), f"{backend}: non-finite {name}"
@@ -236,5 +242,5 @@ def test_bad_input_names_the_argument(mutate, exc, match):
 
 
 def test_reference_registry_complete():
-    assert set(BACKENDS) == {"reference", "parallel", "chunkwise", "recurrent"}
+    assert set(BACKENDS) == {"reference", "parallel", "chunkwise", "recurrent", "triton"}
     assert math.isfinite(RTOL[torch.float32])

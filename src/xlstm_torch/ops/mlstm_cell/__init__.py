@@ -2,7 +2,8 @@
 
 ``mlstm`` is the op contract of MATH.md; the formulations live one per file:
 reference.py (the spec), parallel.py, chunkwise.py, recurrent.py, and the GPU kernels in
-triton_chunkwise.py (``backend="triton"``).
+triton_chunkwise.py (``backend="triton"``). ``mlstm_step`` (one decoding step) runs the torch step
+of recurrent.py or its fused twin in triton_step.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import torch
 
 from .._checks import check_choice, check_positive_int, check_state, check_tensor, state_dtype
 from .._packing import check_cu_seqlens
-from .._triton import triton_runs_on
+from .._triton import require_triton, triton_runs_on
 from .chunkwise import mlstm_chunkwise
 from .parallel import mlstm_parallel
-from .recurrent import mlstm_recurrent, mlstm_step
+from .recurrent import mlstm_recurrent
+from .recurrent import mlstm_step as mlstm_step_torch
 from .reference import mlstm_reference
 from .state import MLSTMState, empty_mlstm_state
 from .triton_chunkwise import mlstm_triton
@@ -27,6 +29,7 @@ BACKENDS = {
     "triton": mlstm_triton,
 }
 DEFAULT_CHUNK_SIZE = 64
+STEP_BACKENDS = ("recurrent", "triton")  # what mlstm_step runs: the torch step, or the fused kernel
 
 
 def select_backend(S: int, device: torch.device, requires_grad: bool) -> str:
@@ -43,6 +46,27 @@ def select_backend(S: int, device: torch.device, requires_grad: bool) -> str:
     if S == 1:
         return "recurrent"
     return "chunkwise"
+
+
+def mlstm_step(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6, *, backend: str | None = None):
+    """One decoding step. q, k: (B, NH, DK); v: (B, NH, DV); i, f: (B, NH). Returns h (B, NH, DV), MLSTMState.
+
+    backend: "recurrent" (the torch step, differentiable), "triton" (one fused kernel, no
+    backward; triton_step.py) or None: "triton" for CUDA tensors when Triton is installed and no
+    gradient is needed, else "recurrent".
+    """
+    check_choice("backend", backend, STEP_BACKENDS + (None,))
+    if backend is None:
+        requires_grad = torch.is_grad_enabled() and any(
+            x.requires_grad for x in (q, k, v, i, f, *(state or ())))
+        use_triton = q.device.type == "cuda" and triton_runs_on(q.device) and not requires_grad
+        backend = "triton" if use_triton else "recurrent"
+    if backend == "triton":
+        require_triton(q.device)
+        from .triton_step import mlstm_step_triton  # imports Triton: only when asked for
+
+        return mlstm_step_triton(q, k, v, i, f, state, eps)
+    return mlstm_step_torch(q, k, v, i, f, state, eps)
 
 
 def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str | None = None,

@@ -1,10 +1,251 @@
-"""mLSTM chunkwise form as Triton kernels (the GPU path). Work in progress."""
+"""mLSTM chunkwise form as Triton kernels: the GPU path (``backend="triton"``).
+
+The same algorithm as chunkwise.py (MATH.md "Chunkwise form"; TFLA paper, Beck et al. 2025, Sec. 3)
+with the matrix work in six kernels (_triton_chunkwise_kernels.py):
+
+    forward   fwd_states  scan over chunks: the state C̄, n̄ entering each chunk (fp32)
+              fwd_out     per chunk and query tile: carried state + causal intra-chunk part -> h
+    backward  bwd_states  reverse scan: gradient on the state leaving each chunk
+              bwd_dq      per query tile: dq
+              bwd_dk      per key tile: dk
+              bwd_dv      per key tile: dv
+
+The O(S) gate numbers (cumulative log forget gates, stabilisers) are shared with chunkwise.py and
+computed there in float64 (``_gate_stats``); the kernels get them as fp32 per-step factors, each
+<= 1 or a log-weight relative to its chunk's maximum, so no exponent leaves the float32 range:
+
+    u_l - c   and   M_j - c      intra weight w_jl = exp(u_l - M_j) / sqrt(DK) computed on chip
+    carry_j = exp(m_{k-1} - M_j) weight of the carried state on step j
+    inw_l   = exp(g + u_l - m_k) / sqrt(DK)   weight of step l in the state leaving chunk k
+    decay_k = exp(g + m_{k-1} - m_k)          per chunk
+
+Unlike the factorised CPU form, the kernels exponentiate the L x L log-weights tile by tile, so no
+chunk needs a fallback for wildly swinging gates. The backward recomputes the chunk states (one
+more forward scan) instead of storing them, and returns the exact gradient of the definition with
+the same bookkeeping as chunkwise.py: the normaliser's max and |.|, and the stabiliser paths (eps,
+the returned m) included. The chunk size L is independent of the on-chip tiles; any S (the last
+chunk padded with no-op steps) and packed documents (``cu_seqlens``, each document from a chunk
+start, as in chunkwise.py's ``_Layout``) work.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+
+import torch
+
+from .._checks import state_dtype
 from .._triton import require_triton
+from .chunkwise import _Layout, _gate_stats, _padded_gates, _stabiliser_grads
+from .state import MLSTMState, normaliser_floor
 
 
-def mlstm_triton(q, k, v, i, f, state=None, eps: float = 1e-6, chunk_size: int = 64, cu_seqlens=None):
+@functools.cache
+def _kernels():
+    from . import _triton_chunkwise_kernels
+
+    return _triton_chunkwise_kernels
+
+
+def _pow2_tile(n: int, cap: int) -> int:
+    """A power-of-two tile of at least 16 (tl.dot's minimum) covering n, at most cap."""
+    return min(cap, max(16, 1 << (n - 1).bit_length()))
+
+
+class _Plan:
+    """Everything both passes need: padded inputs, per-step gate factors, document flags, tiles."""
+
+    def __init__(self, q, k, v, i, f, m0, L: int, cu_seqlens):
+        B, NH, S, DK = q.shape
+        DV = v.shape[-1]
+        BH = B * NH
+        self.B, self.NH, self.S, self.DK, self.DV, self.BH = B, NH, S, DK, DV, BH
+        self.layout = layout = _Layout(S, L, cu_seqlens, q.device)
+        self.L, self.nc, self.S_pad = L, layout.nc, layout.S_pad
+        self.sdtype = sdtype = state_dtype(q.dtype)
+        self.q, self.k, self.v = (layout.pad(x.reshape(BH, S, x.shape[-1])).contiguous() for x in (q, k, v))
+
+        self.i64, self.f64 = _padded_gates(i, f, layout)
+        st = _gate_stats(self.i64, self.f64, m0.double(), L, layout.chunk_bounds)
+        c = st["c"][..., None]  # (BH, nc, 1)
+        half_log_dk = 0.5 * math.log(DK)
+        g = st["g"][..., None]
+
+        def flat(x):  # (BH, nc, L) float64 -> (BH, nc·L) in the state dtype
+            return x.reshape(BH, -1).to(sdtype).contiguous()
+
+        def two_term(x):  # (BH, nc, L) float64 -> (2, BH, nc·L): hi + lo (see _intra_weights)
+            hi = x.to(sdtype)
+            return torch.stack([hi, torch.nan_to_num(x - hi.double()).to(sdtype)]).reshape(2, BH, -1).contiguous()
+
+        self.u = two_term(st["u"] - c - half_log_dk)
+        self.M = two_term(st["M"] - c)
+        self.carry = flat(torch.exp(st["m_prev"][..., None] - st["M"]))
+        self.inw = flat(torch.exp(g + st["u"] - st["m_chunk"][..., None] - half_log_dk))
+        self.decay = torch.exp(st["g"] + st["m_prev"] - st["m_chunk"]).to(sdtype).contiguous()  # (BH, nc)
+        self.floor = normaliser_floor(st["m_step"], sdtype).reshape(BH, -1).contiguous()
+        self.m_step = st["m_step"]
+        self.m_last = st["m_chunk"][:, layout.last_chunks]  # (BH, D) float64
+
+        first = torch.full((self.nc,), -1, dtype=torch.int32)
+        last = torch.full((self.nc,), -1, dtype=torch.int32)
+        for d, (k0, k1) in enumerate(zip(layout.chunk_bounds[:-1], layout.chunk_bounds[1:])):
+            first[k0], last[k1 - 1] = d, d
+        self.first, self.last = first.to(q.device), last.to(q.device)
+        self.D = len(layout.chunk_bounds) - 1
+
+        # fp32/fp64 inputs: exact products (tf32 would cost ~1e-3 relative); bf16/fp16 products are exact anyway.
+        self.precision = "ieee" if sdtype == q.dtype else "tf32"
+        self.BK = _pow2_tile(DK, 128)
+        self.BV = _pow2_tile(DV, 128)
+        self.BT = _pow2_tile(L, 64)  # query and key tiles inside a chunk
+        self.scan_BK = _pow2_tile(DK, 64)  # smaller tiles: more programs for the sequential scans
+        self.scan_BV = _pow2_tile(DV, 64)
+
+    def scan_grid(self):
+        return (self.BH, triton_cdiv(self.DK, self.scan_BK), triton_cdiv(self.DV, self.scan_BV))
+
+    def states(self, C0, n0):
+        """Forward scan: C̄, n̄ entering every chunk (BH, nc, DK, DV), (BH, nc, DK), and each document's last."""
+        kern, BH, nc, DK, DV = _kernels(), self.BH, self.nc, self.DK, self.DV
+        Cin = torch.empty(BH, nc, DK, DV, dtype=self.sdtype, device=self.q.device)
+        nin = torch.empty(BH, nc, DK, dtype=self.sdtype, device=self.q.device)
+        Clast, nlast = torch.empty_like(C0), torch.empty_like(n0)
+        kern.fwd_states_kernel[self.scan_grid()](
+            self.k, self.v, self.inw, self.decay, self.first, self.last, C0, n0, Cin, nin, Clast, nlast,
+            nc, self.L, self.D, DK, DV, BK=self.scan_BK, BV=self.scan_BV, BT=self.BT, PRECISION=self.precision)
+        return Cin, nin, Clast, nlast
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class TritonChunkwiseMLSTM(torch.autograd.Function):
+    """h and the final state from q, k, v (B, NH, S, D), i, f (B, NH, S), and the documents' initial
+    states C0 (BH, D, DK, DV), n0 (BH, D, DK), m0 (BH, D); D = 1 unless packed."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size: int, eps: float, cu_seqlens):
+        plan = _Plan(q, k, v, i, f, m0, chunk_size, cu_seqlens)
+        kern, BH, nc, L, DV = _kernels(), plan.BH, plan.nc, plan.L, plan.DV
+        Cin, nin, Clast, nlast = plan.states(C0, n0)
+        h_pad = torch.empty(BH, plan.S_pad, DV, dtype=q.dtype, device=q.device)
+        den = torch.empty(BH, plan.S_pad, dtype=plan.sdtype, device=q.device)
+        grid = (BH * nc, triton_cdiv(L, plan.BT), triton_cdiv(DV, plan.BV))
+        kern.fwd_out_kernel[grid](plan.q, plan.k, plan.v, plan.u, plan.M, plan.carry, plan.floor, Cin, nin,
+                                  h_pad, den, nc, L, plan.DK, DV, eps,
+                                  BQ=plan.BT, BT=plan.BT, BK=plan.BK, BV=plan.BV, PRECISION=plan.precision)
+        h = plan.layout.unpad(h_pad).reshape(plan.B, plan.NH, plan.S, DV)
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h_pad, den)
+        ctx.chunk_size, ctx.eps, ctx.cu_seqlens = chunk_size, eps, cu_seqlens
+        return h, Clast, nlast, plan.m_last.to(plan.sdtype)
+
+    @staticmethod
+    def backward(ctx, dh, dC_last, dn_last, dm_last):
+        q, k, v, i, f, C0, n0, m0, h_pad, den = ctx.saved_tensors
+        eps = ctx.eps
+        plan = _Plan(q, k, v, i, f, m0, ctx.chunk_size, ctx.cu_seqlens)
+        kern, BH, nc, L, DK, DV, sd = _kernels(), plan.BH, plan.nc, plan.L, plan.DK, plan.DV, plan.sdtype
+        layout = plan.layout
+        Cin, nin, Clast, nlast = plan.states(C0, n0)
+
+        # h_j = num_j / Q_j with Q_j = max(|den_j|, floor_j) + eps (chunkwise.py, same bookkeeping).
+        if dh is None:
+            dh = torch.zeros(plan.B, plan.NH, plan.S, DV, dtype=q.dtype, device=q.device)
+        dh_pad = layout.pad(dh.reshape(BH, plan.S, DV)).contiguous()  # (BH, S_pad, DV)
+        dh_dot_h = (dh_pad.to(sd) * h_pad.to(sd)).sum(-1)  # (BH, S_pad)
+        Q = torch.maximum(den.abs(), plan.floor) + eps
+        dden = (-dh_dot_h / Q * torch.sign(den) * (den.abs() > plan.floor).to(sd)).contiguous()
+        rQ = (1.0 / Q).contiguous()
+        dl = dh_dot_h + dden * den  # dℓ_j: num_j, den_j ∝ exp(ℓ_j)
+
+        dC_last = torch.zeros_like(Clast) if dC_last is None else dC_last.contiguous()
+        dn_last = torch.zeros_like(nlast) if dn_last is None else dn_last.contiguous()
+        dC_end, dn_end = torch.empty_like(Cin), torch.empty_like(nin)
+        dC0, dn0 = torch.empty_like(C0), torch.empty_like(n0)
+        kern.bwd_states_kernel[plan.scan_grid()](
+            plan.q, dh_pad, rQ, dden, plan.carry, plan.decay, plan.first, plan.last, dC_last, dn_last,
+            dC_end, dn_end, dC0, dn0, nc, L, plan.D, DK, DV,
+            BK=plan.scan_BK, BV=plan.scan_BV, BT=plan.BT, PRECISION=plan.precision)
+
+        dq = torch.empty(BH, plan.S_pad, DK, dtype=sd, device=q.device)
+        dk = torch.empty_like(dq)
+        dv = torch.empty(BH, plan.S_pad, DV, dtype=sd, device=q.device)
+        tiles = dict(BQ=plan.BT, BT=plan.BT, BK=plan.BK, BV=plan.BV, PRECISION=plan.precision)
+        n_t, n_dk, n_dv = triton_cdiv(L, plan.BT), triton_cdiv(DK, plan.BK), triton_cdiv(DV, plan.BV)
+        kern.bwd_dq_kernel[(BH * nc, n_t, n_dk)](
+            plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.carry, Cin, nin, dq, nc, L, DK, DV, **tiles)
+        kern.bwd_dk_kernel[(BH * nc, n_t, n_dk)](
+            plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.inw, dC_end, dn_end, dk, nc, L, DK, DV, **tiles)
+        kern.bwd_dv_kernel[(BH * nc, n_t, n_dv)](
+            plan.q, plan.k, dh_pad, rQ, plan.u, plan.M, plan.inw, dC_end, dv, nc, L, DK, DV, **tiles)
+
+        # Gate gradients in float64 (chunkwise.py): every term of k_l carries exp(u_l), so du_l = dk_l·k_l;
+        # both parts of the state leaving chunk k carry exp(g_k), so dg_k = <dC̄_end_k, C̄_end_k>.
+        du = (dk * plan.k.to(sd)).sum(-1)  # (BH, S_pad)
+        dg = torch.empty(BH, nc, dtype=sd, device=q.device)
+        dg[:, :-1] = _dot(dC_end[:, :-1], Cin[:, 1:], dn_end[:, :-1], nin[:, 1:])
+        dg[:, layout.last_chunks] = _dot(dC_end[:, layout.last_chunks], Clast, dn_end[:, layout.last_chunks], nlast)
+        db = (dl - du).double().view(BH, nc, L)
+        db[..., -1] += dg.double()
+        dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
+        di = layout.unpad(du.double())  # (BH, S)
+        df = layout.unpad(dlog_f * torch.sigmoid(-plan.f64))
+
+        # Stabiliser path: h_j depends on m_j through eps; the returned m is an output and the returned
+        # C̄, n̄ carry exp(-m); dm0 also collects the initial state's scale.
+        dm_step = (-eps * dh_dot_h / Q).double().view(BH, nc, L)
+        dm_final = -_dot(dC_last, Clast, dn_last, nlast).double()
+        if dm_last is not None:
+            dm_final = dm_final + dm_last.double()
+        dm0 = _dot(dC0, C0, dn0, n0).double()
+        if eps != 0.0 or bool((dm_final != 0).any()):
+            gi, gf, gm0 = _stabiliser_grads(i, f, m0, layout, dm_step, dm_final)
+            di = di + gi
+            df = df + gf
+            dm0 = dm0 + gm0
+
+        def unpad(x, D):
+            return layout.unpad(x).reshape(plan.B, plan.NH, plan.S, D).to(q.dtype)
+
+        return (unpad(dq, DK), unpad(dk, DK), unpad(dv, DV), di.reshape(i.shape).to(i.dtype),
+                df.reshape(f.shape).to(f.dtype), dC0, dn0, dm0.to(m0.dtype), None, None, None)
+
+
+def _dot(C_a, C_b, n_a, n_b):
+    """<C_a, C_b> + <n_a, n_b> over the state dims: (..., DK, DV) and (..., DK) -> (...)."""
+    return torch.linalg.vecdot(C_a.flatten(-2), C_b.flatten(-2)) + torch.linalg.vecdot(n_a, n_b)
+
+
+def mlstm_triton(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6, chunk_size: int = 64,
+                 cu_seqlens: tuple[int, ...] | None = None):
+    """Same contract as ``mlstm_reference``, inputs in their own dtype (bf16/fp16/fp32/fp64).
+
+    Returns h (B, NH, S, DV) in q's dtype and the final MLSTMState (fp32; fp64 for fp64 inputs).
+    With ``cu_seqlens`` (B == 1) state rows are documents, else batch rows.
+    """
     require_triton(q.device)
-    raise NotImplementedError("mLSTM Triton kernels: being written")
+    B, NH, S, DK = q.shape
+    DV = v.shape[-1]
+    longest = S if cu_seqlens is None else max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+    L = min(chunk_size, longest)
+    D = 1 if cu_seqlens is None else len(cu_seqlens) - 1
+    sd = state_dtype(q.dtype)
+    if state is None:
+        C0 = q.new_zeros(B * NH, D, DK, DV, dtype=sd)
+        n0 = q.new_zeros(B * NH, D, DK, dtype=sd)
+        m0 = q.new_full((B * NH, D), float("-inf"), dtype=sd)
+    else:
+        # (B·D, NH, ...) -> (BH, D, ...): one of B and D is 1.
+        def to_rows(x):
+            return x.reshape(B, D, NH, *x.shape[2:]).transpose(1, 2).reshape(B * NH, D, *x.shape[2:]).contiguous()
+
+        C0, n0, m0 = (to_rows(x) for x in state)
+    h, C, n, m = TritonChunkwiseMLSTM.apply(q, k, v, i, f, C0, n0, m0, L, float(eps), cu_seqlens)
+
+    def from_rows(x):
+        return x.reshape(B, NH, D, *x.shape[2:]).transpose(1, 2).reshape(B * D, NH, *x.shape[2:])
+
+    return h, MLSTMState(from_rows(C), from_rows(n), from_rows(m))
