@@ -1,6 +1,7 @@
 """sLSTM: scalar memory with memory mixing across a head (xLSTM paper Sec. 2.2).
 
-``slstm`` is the op contract of MATH.md; reference.py holds the spec, recurrent.py the fast form.
+``slstm`` is the op contract of MATH.md; reference.py holds the spec, recurrent.py the fast CPU
+form, triton_recurrent.py the GPU kernels (``backend="triton"``).
 """
 
 from __future__ import annotations
@@ -9,16 +10,22 @@ import torch
 
 from .._checks import check_choice, check_state, check_tensor, state_dtype
 from .._packing import check_cu_seqlens
+from .._triton import triton_runs_on
 from .recurrent import slstm_recurrent
 from .reference import slstm_reference
 from .state import SLSTMState, empty_slstm_state
+from .triton_recurrent import MAX_DH as TRITON_MAX_DH
+from .triton_recurrent import slstm_triton
 
-BACKENDS = {"reference": slstm_reference, "recurrent": slstm_recurrent}
+BACKENDS = {"reference": slstm_reference, "recurrent": slstm_recurrent, "triton": slstm_triton}
 
 
-def select_backend(device: torch.device) -> str:
-    """What ``backend=None`` runs: the fast recurrent form when present, else the reference."""
-    return "recurrent" if "recurrent" in BACKENDS else "reference"
+def select_backend(device: torch.device, DH: int | None = None) -> str:
+    """What ``backend=None`` runs: the Triton kernels for CUDA tensors with Triton installed (and
+    heads of at most TRITON_MAX_DH units, when DH is given), else the fast recurrent form."""
+    if device.type == "cuda" and triton_runs_on(device) and (DH is None or DH <= TRITON_MAX_DH):
+        return "triton"
+    return "recurrent"
 
 
 def slstm(wx, r, b, *, state=None, return_state: bool = False, backend: str | None = None,
@@ -55,7 +62,10 @@ def slstm(wx, r, b, *, state=None, return_state: bool = False, backend: str | No
         shape = (rows, NH, DH)
         state = check_state("state", state, {"h": shape, "c": shape, "n": shape, "m": shape}, device)
         state = SLSTMState(*(x.to(sdtype) for x in state))
-    name = backend or select_backend(device)
+    name = backend or select_backend(device, DH)
+    if name == "triton":  # the kernels read bf16/fp16 inputs as they are and keep float32 states themselves
+        h, final = slstm_triton(wx, r, b, state, cu_seqlens=cu_seqlens)
+        return (h, final) if return_state else h
     if cu_seqlens is not None and not return_state and name == "recurrent" and _pads_cheaply(cu_seqlens):
         h = _documents_as_batch(BACKENDS[name], wx.to(sdtype), r.to(sdtype), b.to(sdtype), state, cu_seqlens)
         return h.to(dtype)
@@ -87,4 +97,5 @@ def _documents_as_batch(backend, wx, r, b, state, cu_seqlens):
     return h[valid].unsqueeze(0)  # (1, S, NH, DH): documents back to back, as packed
 
 
-__all__ = ["slstm", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference", "slstm_recurrent"]
+__all__ = ["slstm", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference", "slstm_recurrent",
+           "slstm_triton"]
