@@ -179,7 +179,7 @@ def test_packed_documents_equal_each_alone(with_state):
 def test_backend_selection():
     assert select_backend(torch.device("cpu")) == "recurrent"  # even under the interpreter
     assert select_backend(torch.device("cuda"), 64) == "triton"
-    assert select_backend(torch.device("cuda"), 128) == "triton"
+    assert select_backend(torch.device("cuda"), 128) == "recurrent"  # blocks reloaded every step: slower (measured)
     assert select_backend(torch.device("cuda"), 129) == "recurrent"  # beyond the kernels' head size
 
 
@@ -212,8 +212,7 @@ def test_cuda_larger_shapes(dtype, shape, with_state):
     B, S, NH, DH = shape
     inputs = make_inputs(B, S, NH, DH, dtype=dtype)
     state = make_state(B, NH, DH) if with_state else None
-    assert select_backend(torch.device("cuda"), DH) == "triton"
     expected = run(leaves(inputs, torch.float64), "reference", state)
     dev_state = None if state is None else SLSTMState(*leaves(state, state_dtype(dtype), "cuda"))
-    actual = on_device(run(leaves(inputs, dtype, "cuda"), None, dev_state))  # backend=None
+    actual = on_device(run(leaves(inputs, dtype, "cuda"), "triton", dev_state))
     compare(actual, expected, RTOL[dtype])

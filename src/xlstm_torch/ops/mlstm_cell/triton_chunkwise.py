@@ -135,14 +135,14 @@ def launch_configs(element_size: int, DK: int, DV: int, L: int) -> dict[str, dic
         return _pow2_tile(n, min(want, cap))
 
     # Measured on an H200 in bf16 at NH 16, DK 128, DV 256, L 128 (benchmarks/RESULTS.md): the scans
-    # want narrow DK tiles (more programs), the backward's key-side kernels tall query tiles.
+    # want narrow DK tiles (more programs), dq and dk 128-step tiles, dv all of DV at once.
     cfg = {
         "fwd_states": dict(BK=tile(DK, 32), BV=tile(DV, 64), BT=tile(L, 128), num_warps=4, num_stages=2),
         "bwd_states": dict(BK=tile(DK, 64), BV=tile(DV, 64), BT=tile(L, 64), num_warps=4, num_stages=2),
         "fwd_out": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=4, num_stages=2),
         "bwd_dq": dict(BQ=tile(L, 128), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
-        "bwd_dk": dict(BQ=tile(L, 128), BT=tile(L, 32), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
-        "bwd_dv": dict(BQ=tile(L, 128), BT=tile(L, 32), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
+        "bwd_dk": dict(BQ=tile(L, 128), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
+        "bwd_dv": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=tile(DV, 256), num_warps=8, num_stages=2),
     }
     for name, override in CONFIG_OVERRIDES.items():
         cfg[name].update(override)
