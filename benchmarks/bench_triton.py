@@ -72,12 +72,13 @@ import torch.nn.functional as F
 if "--smoke" in sys.argv[1:] and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from xlstm_torch.ops import mlstm, mlstm_step  # noqa: E402
+from xlstm_torch.ops import mlstm, mlstm_step, slstm  # noqa: E402
 
 MODES = ("fwd", "fwd+bwd")
 COLUMNS = ["implementation", "S", "B", "NH", "DK / DV", "fwd ms", "fwd+bwd ms", "fwd Mtok/s", "fwd+bwd Mtok/s",
            "fwd TFLOP/s (% mm)", "fwd+bwd TFLOP/s (% mm)", "note"]
 DECODE_COLUMNS = ["step", "B", "NH", "DK", "DV", "µs / step", "state GB/s", "note"]
+SLSTM_COLUMNS = ["sLSTM backend", "B", "S", "NH", "DH", "fwd ms", "fwd+bwd ms", "fwd+bwd Mtok/s", "note"]
 
 
 @dataclass(frozen=True)
@@ -344,6 +345,36 @@ def decode_rows(args, device) -> list[list[str]]:
     return rows
 
 
+def slstm_rows(args, device, dtype) -> list[list[str]]:
+    """The sLSTM (strictly recurrent, xLSTM paper Sec. 2.2): Triton kernels vs the recurrent PyTorch form."""
+    B, S, NH = args.slstm_shape
+    rows = []
+    for DH in args.slstm_head_dims:
+        g = torch.Generator(device=device).manual_seed(4)
+        wx = torch.randn(B, S, NH, 4, DH, generator=g, device=device).to(dtype).requires_grad_(True)
+        r = (torch.randn(NH, 4, DH, DH, generator=g, device=device) / DH**0.5).to(dtype).requires_grad_(True)
+        b = torch.zeros(NH, 4, DH, device=device, dtype=dtype, requires_grad=True)
+        outputs = {}
+        for backend in ("triton", "recurrent"):
+            note, cells = [], []
+            try:
+                outputs[backend] = slstm(wx, r, b, backend=backend).detach().float()
+                fwd = lambda: slstm(wx, r, b, backend=backend)  # noqa: E731
+                fwd_bwd = lambda: torch.autograd.grad(slstm(wx, r, b, backend=backend).float().sum(), (wx, r, b))  # noqa: E731
+                ms = [median_ms(fn, device, args.warmup_ms, args.rep_ms, args.cpu_reps) for fn in (fwd, fwd_bwd)]
+                cells = [f"{ms[0]:.3f}", f"{ms[1]:.3f}", f"{B * S / (ms[1] * 1e-3) / 1e6:.2f}"]
+            except Exception as e:
+                cells = ["err"] * 3
+                note.append(short_error(e))
+            if backend == "recurrent" and len(outputs) == 2:
+                ref = outputs["recurrent"]
+                note.append(f"h rel err {((outputs['triton'] - ref).abs().max() / ref.abs().max()).item():.1e} "
+                            "triton vs recurrent")
+            rows.append([backend, str(B), str(S), str(NH), str(DH), *cells, "; ".join(note)])
+            release(device)
+    return rows
+
+
 def row_in_child(spec: str, S: int, args, timeout_s: float) -> dict:
     """One row (``spec``: "compiled" or "tfla:<L>") at one S, in a child process with a time limit.
 
@@ -441,7 +472,9 @@ def main(argv=None) -> str:
                      "NH": args.heads, "DK / DV": f"{args.dk} / {args.dv}", "note": ["switched off (--no-compile)"]})
     table = markdown(COLUMNS, [format_row(r, mm) for r in rows])
     decode = markdown(DECODE_COLUMNS, decode_rows(args, device))
+    recurrent = markdown(SLSTM_COLUMNS, slstm_rows(args, device, dtype))
     report = "\n\n".join([header, table, "Decoding, one mlstm_step per token (float32 inputs and state):", decode,
+                           f"sLSTM, {str(dtype).removeprefix('torch.')}:", recurrent,
                           f"Wall time {time.monotonic() - started:.0f} s."]) + "\n"
     print(report)
     if args.out:
@@ -488,6 +521,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-timeout-s", type=float, default=60.0)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--decode-shape", type=int_list, default=[16, 8, 256, 512], help="B,NH,DK,DV of the decode rows")
+    p.add_argument("--slstm-shape", type=int_list, default=[16, 1024, 4], help="B,S,NH of the sLSTM rows")
+    p.add_argument("--slstm-head-dims", type=int_list, default=[64, 128])
     p.add_argument("--matmul-size", type=int, default=8192)
     p.add_argument("--warmup-ms", type=float, default=25.0)
     p.add_argument("--rep-ms", type=float, default=100.0)
@@ -509,8 +544,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.chunk_sizes, args.tfla_chunk_sizes, args.sdpa_head_dims = [16], [16], [8]
         args.compile_chunk_size, args.compile_seq_lens = 16, [32]
         args.decode_shape, args.matmul_size, args.cpu_reps = [2, 2, 8, 16], 128, 2
+        args.slstm_shape, args.slstm_head_dims = [2, 8, 2], [8]
     if len(args.decode_shape) != 4:
         p.error(f"--decode-shape takes B,NH,DK,DV, got {args.decode_shape}")
+    if len(args.slstm_shape) != 3:
+        p.error(f"--slstm-shape takes B,S,NH, got {args.slstm_shape}")
     for name in ("tokens", "heads", "dk", "dv", "compile_chunk_size", "matmul_size", "cpu_reps"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")

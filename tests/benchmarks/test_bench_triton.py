@@ -65,6 +65,14 @@ def test_smoke_decode_rows(smoke_report):
     assert float(triton_row["note"].split()[3]) < 1e-5, triton_row  # "h rel err X vs the torch step"
 
 
+def test_smoke_slstm_rows(smoke_report):
+    triton_row, torch_row = parse(smoke_report, bench.SLSTM_COLUMNS)
+    assert (triton_row["sLSTM backend"], torch_row["sLSTM backend"]) == ("triton", "recurrent")
+    for row in (triton_row, torch_row):
+        assert float(row["fwd ms"]) > 0 and float(row["fwd+bwd ms"]) > 0, row
+    assert float(torch_row["note"].split()[3]) < 1e-5, torch_row  # "h rel err X triton vs recurrent"
+
+
 def test_flop_model():
     assert bench.mlstm_flops_per_token(16, 128, 256, 64) == 16 * (2 * 64 * (128 + 256) + 4 * 128 * 256)
     shape = bench.Shape(B=2, NH=16, S=4096, DK=128, DV=256)
