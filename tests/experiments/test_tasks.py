@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xlstm_torch.experiments.tasks import (ARITH_SYMBOLS, FORMAL_TASKS, IGNORE, MQARTask, batch_generator, get_task,
-                                           rescaled)
+                                           mixed_length_batch, rescaled)
 
 
 def _examples(name, length, n=64, seed=0):
@@ -139,3 +139,54 @@ def test_bracket_expressions_cover_all_small_lengths(length):
         row = _random_expression(length, rng)
         text = "".join(ARITH_SYMBOLS[v] for v in row)
         assert len(row) == length and evaluate_expression(row) == eval(text) % 5
+
+
+# -- mixed-length training batches ---------------------------------------------------------------------------
+
+
+def test_mixed_length_batch_rows_are_padded_task_strings():
+    task = get_task("parity")
+    x, t = mixed_length_batch(task, batch_generator(0, 0, 3), 200, 3, 9)
+    assert x.shape == t.shape and x.shape[0] == 200
+    pad = task.vocab_size
+    lengths = Counter()
+    for row, tgt in zip(x.tolist(), t.tolist()):
+        n = row.index(pad) if pad in row else len(row)  # the string, then only padding
+        assert all(v == pad for v in row[n:]) and all(v in (0, 1) for v in row[:n])
+        assert [j for j, v in enumerate(tgt) if v != IGNORE] == [n - 1]  # scored at the string's own end
+        assert tgt[n - 1] == row[:n].count(1) % 2
+        lengths[n] += 1
+    assert set(lengths) == set(range(3, 10)) and x.shape[1] == 9  # every length drawn, padded to the longest
+
+
+def test_mixed_length_batch_longer_sequences_and_determinism():
+    task = get_task("bucket_sort")  # 2 L positions per string of length L
+    x, t = mixed_length_batch(task, batch_generator(1, 0, 0), 32, 4, 6)
+    assert x.shape[1] == 12 and (t != IGNORE).sum(1).tolist() == ((x != task.vocab_size).sum(1) // 2).tolist()
+    x2, t2 = mixed_length_batch(task, batch_generator(1, 0, 0), 32, 4, 6)
+    assert torch.equal(x, x2) and torch.equal(t, t2)
+
+
+@pytest.mark.parametrize("model_name", ["xlstm-1:1", "transformer"])
+def test_right_padding_leaves_scored_logits_unchanged(model_name):
+    """The claim mixed batches rest on: a causal model's logits at a string's positions do not see the pads."""
+    from xlstm_torch.experiments.zoo import build
+
+    task = get_task("parity")
+    torch.manual_seed(0)
+    model = build(model_name, task.vocab_size + 1, 16, num_heads=2, slstm_num_heads=2).eval()
+    x, t = mixed_length_batch(task, batch_generator(2, 0, 0), 6, 3, 12)
+    with torch.no_grad():
+        padded, _ = model(x, return_state=False)  # (B, S_max, V)
+        for row, tgt, out in zip(x, t, padded):
+            n = int((row != task.vocab_size).sum())
+            alone, _ = model(row[None, :n], return_state=False)  # (1, n, V)
+            torch.testing.assert_close(out[:n], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_length_batch_bad_arguments_are_named():
+    task = get_task("parity")
+    with pytest.raises(ValueError, match="lo"):
+        mixed_length_batch(task, batch_generator(0, 0, 0), 4, 5, 3)
+    with pytest.raises(ValueError, match="batch"):
+        mixed_length_batch(task, batch_generator(0, 0, 0), 0, 3, 5)

@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--slstm-heads", type=int, default=4, help="sLSTM heads (default 4)")
     p.add_argument("--curriculum", type=float, default=0.0,
                    help="fraction of steps over which the longest train length grows to 40 (0: none)")
+    p.add_argument("--one-length-per-batch", action="store_true",
+                   help="train on batches of one length (default: every string its own length, right-padded)")
     p.set_defaults(func=_formal)
 
     p = sub.add_parser("mqar", help="one multi-query associative recall run")
@@ -101,6 +103,7 @@ def _formal(args) -> int:
     start = time.time()
     result = run_formal(args.task, args.model, steps=args.steps, seed=args.seed, width=args.width,
                         batch_size=args.batch_size, curriculum=args.curriculum, test_examples=args.test_examples,
+                        mixed_lengths=not args.one_length_per_batch,
                         num_blocks=args.blocks, num_heads=args.heads, slstm_num_heads=args.slstm_heads,
                         **({"test_lengths": tuple(args.test_lengths)} if args.test_lengths else {}), settings=OptimSettings(lr=args.lr),
                         eval_every=max(1, min(250, args.steps)), log=lambda s: print(s, file=sys.stderr))

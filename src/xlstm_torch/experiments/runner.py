@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from xlstm_torch.training.optim import build_optimizer, lr_at
 
-from .tasks import IGNORE, MQARTask, batch_generator, get_task, rescaled
+from .tasks import IGNORE, MQARTask, batch_generator, get_task, mixed_length_batch, rescaled
 from .zoo import build_matched, count_parameters
 
 __all__ = ["OptimSettings", "fit", "run_formal", "run_mqar", "TEST_LENGTHS", "write_json"]
@@ -107,22 +107,26 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 3000, seed: int 
                width: int = 64, budget: int | None = None, num_blocks: int = 2, num_heads: int = 4,
                slstm_num_heads: int = 4, train_lengths: tuple[int, int] = (3, 40),
                test_lengths: tuple[int, ...] = TEST_LENGTHS, test_examples: int = 256, eval_every: int = 250,
-               curriculum: float = 0.0, settings: OptimSettings | None = None, log=None) -> dict:
-    """One formal-language run: train on lengths ``train_lengths`` (inclusive, one length per batch), test on
-    ``test_lengths``. ``curriculum`` > 0: the longest training length grows linearly from lo + 2 to hi over
-    that fraction of the steps (uniform over all of lo..hi afterwards); 0: uniform from the start. Every model has (about) the parameter count of xLSTM[1:1] at ``width`` unless ``budget``
-    is given."""
+               curriculum: float = 0.0, mixed_lengths: bool = True, settings: OptimSettings | None = None,
+               log=None) -> dict:
+    """One formal-language run: train on lengths ``train_lengths`` (inclusive), test on ``test_lengths`` (one
+    length per test batch). ``mixed_lengths``: every training and validation string draws its own length
+    (``tasks.mixed_length_batch``, right-padded; the model gets one more id, the pad); False: one length per
+    batch. ``curriculum`` > 0: the longest training length grows linearly from lo + 2 to hi over that fraction
+    of the steps (uniform over all of lo..hi afterwards); 0: uniform from the start. Every model has (about) the
+    parameter count of xLSTM[1:1] at ``width`` unless ``budget`` is given."""
     task = get_task(task_name)
     settings = settings or OptimSettings()
     kwargs = dict(num_blocks=num_blocks, num_heads=num_heads, slstm_num_heads=slstm_num_heads)
+    vocab_size = task.vocab_size + 1 if mixed_lengths else task.vocab_size  # + the pad id of mixed batches
     torch.manual_seed(seed)
     if budget is None:
         from .zoo import build
 
         # xLSTM[1:1] needs an even number of blocks; with an odd one the model's own size at ``width`` is the budget
         reference = "xlstm-1:1" if num_blocks % 2 == 0 else model_name
-        budget = count_parameters(build(reference, task.vocab_size, width, **kwargs))
-    model, model_width = build_matched(model_name, task.vocab_size, budget, **kwargs)
+        budget = count_parameters(build(reference, vocab_size, width, **kwargs))
+    model, model_width = build_matched(model_name, vocab_size, budget, **kwargs)
     lo, hi = train_lengths
 
     def sample(step: int, stream: int = 0):
@@ -130,6 +134,8 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 3000, seed: int 
         top = hi
         if curriculum > 0 and stream == 0:
             top = min(hi, lo + 2 + int((hi - lo - 2) * step / (curriculum * steps)))
+        if mixed_lengths:
+            return mixed_length_batch(task, g, batch_size, lo, top)
         length = int(torch.randint(lo, top + 1, (1,), generator=g))
         return task.sample(g, batch_size, length)
 
@@ -145,7 +151,8 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 3000, seed: int 
     scored = [rescaled(acc, task.chance(n)) for n, acc in by_length.items() if n > hi]
     return {"task": task_name, "model": model_name, "seed": seed, "parameters": count_parameters(model),
             "width": model_width, "num_blocks": num_blocks, "batch_size": batch_size, "steps": steps,
-            "train_lengths": list(train_lengths), "curriculum": curriculum, "accuracy_by_length": by_length,
+            "train_lengths": list(train_lengths), "curriculum": curriculum,
+            "mixed_lengths": mixed_lengths, "accuracy_by_length": by_length,
             "rescaled_by_length": {n: rescaled(a, task.chance(n)) for n, a in by_length.items()},
             "rescaled_accuracy": sum(scored) / len(scored), "optim": asdict(settings), **result}
 

@@ -1,8 +1,11 @@
 """Synthetic tasks of the xLSTM paper's small-scale evidence, generated on the fly and deterministic by seed.
 
 Formal languages (xLSTM paper Sec. 4.1 and Fig. 4; tasks of Deletang et al. 2023, "Neural Networks and the
-Chomsky Hierarchy"): every batch has one length L (train: uniform in 3..40, test: 40..256); the answer is read
-at the last position (Bucket Sort: at each output position). ``sample(generator, batch, length)`` returns
+Chomsky Hierarchy"): ``sample(generator, batch, length)`` gives strings of one length L; the answer is read at
+the last position (Bucket Sort: at each output position). Training batches mix lengths (``mixed_length_batch``:
+each string its own length uniform in 3..40, right-padded, as in the public xLSTM formal-language configs), so
+that every step carries the short strings whose answers gradient descent can fit first; test batches have one
+length (40..256). ``sample`` returns
 
     inputs  (B, S) int64    token ids
     targets (B, S) int64    answer class where scored, IGNORE (-100) elsewhere
@@ -20,8 +23,10 @@ import math
 import random
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["IGNORE", "FormalTask", "FORMAL_TASKS", "get_task", "MQARTask", "batch_generator", "rescaled"]
+__all__ = ["IGNORE", "FormalTask", "FORMAL_TASKS", "get_task", "mixed_length_batch", "MQARTask", "batch_generator",
+           "rescaled"]
 
 IGNORE = -100
 
@@ -271,6 +276,27 @@ def get_task(name: str) -> FormalTask:
     if name not in FORMAL_TASKS:
         raise ValueError(f"task must be one of {sorted(FORMAL_TASKS)}, got {name!r}")
     return FORMAL_TASKS[name]
+
+
+def mixed_length_batch(task: FormalTask, generator: torch.Generator, batch: int, lo: int, hi: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch whose strings each have their own length, uniform in ``lo..hi`` (inclusive).
+
+    Rows are grouped by length (one ``task.sample`` per distinct length) and right-padded to the longest row
+    with the id ``task.vocab_size`` (the pad id: a model for mixed batches has ``task.vocab_size + 1`` ids);
+    targets are IGNORE at the padding. Right padding leaves every scored position of a causal model unchanged:
+    the pad tokens come after it. Returns inputs (B, S_max), targets (B, S_max).
+    """
+    if not (isinstance(lo, int) and isinstance(hi, int) and 2 <= lo <= hi):
+        raise ValueError(f"lengths lo..hi must be ints with 2 <= lo <= hi, got lo={lo!r}, hi={hi!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    lengths = torch.randint(lo, hi + 1, (batch,), generator=generator)
+    groups = [task.sample(generator, int((lengths == n).sum()), n) for n in lengths.unique().tolist()]
+    width = max(x.shape[1] for x, _ in groups)  # S_max (Bucket Sort and others have S != L)
+    inputs = torch.cat([F.pad(x, (0, width - x.shape[1]), value=task.vocab_size) for x, _ in groups])
+    targets = torch.cat([F.pad(t, (0, width - t.shape[1]), value=IGNORE) for _, t in groups])
+    return inputs, targets  # (B, S_max) each
 
 
 class MQARTask:
