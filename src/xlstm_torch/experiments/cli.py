@@ -27,6 +27,7 @@ def register(subparsers) -> None:
         p.add_argument("--out", default=None, help="folder for results.json (default runs/experiments/...)")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 
+    from .runner import FORMAL_CURRICULUM, FORMAL_LR
     from .tasks import FORMAL_TASKS
 
     p = sub.add_parser("formal", help="one formal-language run (length generalisation)")
@@ -34,14 +35,14 @@ def register(subparsers) -> None:
     p.add_argument("--task", required=True, choices=sorted(FORMAL_TASKS))
     p.add_argument("--width", type=int, default=64, help="xLSTM[1:1] width that sets the parameter budget")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=FORMAL_LR, help="peak learning rate (default %(default)s)")
     p.add_argument("--test-lengths", type=int, nargs="*", default=None, help="default 40 48 64 ... 256")
     p.add_argument("--test-examples", type=int, default=256, help="examples per test length")
     p.add_argument("--blocks", type=int, default=2, help="residual blocks (default 2)")
-    p.add_argument("--heads", type=int, default=4, help="mLSTM / attention heads (default 4)")
-    p.add_argument("--slstm-heads", type=int, default=4, help="sLSTM heads (default 4)")
-    p.add_argument("--curriculum", type=float, default=0.0,
-                   help="fraction of steps over which the longest train length grows to 40 (0: none)")
+    p.add_argument("--heads", type=int, default=1, help="mLSTM / attention heads (default 1)")
+    p.add_argument("--slstm-heads", type=int, default=1, help="sLSTM heads (default 1)")
+    p.add_argument("--curriculum", type=float, default=FORMAL_CURRICULUM,
+                   help="fraction of steps over which the longest train length grows to 40 (0: none; default %(default)s)")
     p.add_argument("--one-length-per-batch", action="store_true",
                    help="train on batches of one length (default: every string its own length, right-padded)")
     p.set_defaults(func=_formal)
@@ -73,7 +74,8 @@ def register(subparsers) -> None:
     p.add_argument("--settings", type=int, default=4, help="mqar: how many of (64,4),(128,8),(256,16),(512,64)")
     p.add_argument("--widths", type=int, nargs="*", default=[64], help="mqar: model widths")
     p.add_argument("--batch-size", type=int, default=None, help="mqar: batch size (default 64)")
-    p.add_argument("--curriculum", type=float, default=0.0, help="formal: length curriculum fraction (0: none)")
+    p.add_argument("--curriculum", type=float, default=FORMAL_CURRICULUM,
+                   help="formal: length curriculum fraction (0: none; default %(default)s)")
     p.set_defaults(func=_table)
 
 

@@ -44,6 +44,7 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
     seeds = range(args.seeds)
     cells = []
     if name == "formal":
+        from .runner import FORMAL_CURRICULUM
         from .tasks import FORMAL_TASKS
 
         tasks = args.tasks or list(FORMAL_TASKS)
@@ -51,7 +52,7 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
             for model in args.models or FORMAL_MODELS:
                 for seed in seeds:
                     kw = dict(task_name=task, model_name=model, seed=seed, steps=args.steps or 2000,
-                              curriculum=getattr(args, "curriculum", 0.0))
+                              curriculum=getattr(args, "curriculum", FORMAL_CURRICULUM))
                     cells.append(("formal", kw, f"{task}/{model}/seed{seed}"))
     elif name == "mqar":
         settings = [(64, 4), (128, 8), (256, 16), (512, 64)][: args.settings]
