@@ -1,6 +1,7 @@
 """Training and evaluation of the answer-position tasks (formal languages, MQAR) in one loop.
 
-Protocol (xLSTM paper Sec. 4.1 / App. of the formal-language experiments): AdamW (lr 1e-3, weight decay 0.1,
+Protocol (xLSTM paper Sec. 4.1 / App. of the formal-language experiments): AdamW (lr 1e-3; formal runs here
+use ``FORMAL_LR`` and a length curriculum, as the CPU budget is ~40x fewer training strings; weight decay 0.1,
 norms, biases and embeddings undecayed), linear warm-up then cosine (``training.optim``), gradient clipping at
 norm 1; loss and accuracy at the scored positions only (``targets != IGNORE``), prediction = argmax over the
 task's answer classes. Every ``eval_every`` steps the accuracy on a fixed validation set drawn like the training
