@@ -186,3 +186,32 @@ def test_model_decoding_equals_full_forward(model):
             steps.append(logits)
     assert_close(torch.cat(steps, dim=1), full, 1e-5, "logits")
     assert_states_close(state.blocks, full_state.blocks, 1e-5)
+
+
+class ShiftedLinear(torch.nn.Linear):
+    """A projection with a forward of its own (like an adapter or a quantised layer)."""
+
+    def forward(self, x):
+        return super().forward(x) + 0.5
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "large", "slstm"])
+def test_projections_with_their_own_forward_run_as_themselves(kind):
+    block = make_block(kind)
+    layer = block.slstm_layer if kind == "slstm" else block.mlstm_layer
+    names = ["proj_up", "proj_down"] if kind == "mlstm" else ["q", "out_proj"] if kind == "large" else []
+    for name in names:
+        old = getattr(layer, name)
+        new = ShiftedLinear(old.in_features, old.out_features, bias=old.bias is not None)
+        new.load_state_dict(old.state_dict())
+        setattr(layer, name, new)
+    if hasattr(block, "ffn"):
+        old = block.ffn.proj_up
+        block.ffn.proj_up = ShiftedLinear(old.in_features, old.out_features, bias=old.bias is not None)
+        block.ffn.proj_up.load_state_dict(old.state_dict())
+    block.eval()
+    x = torch.randn(2, S, D)
+    y_steps, st_steps = decode_tokens(block, x)
+    y_seq, st_seq = sequence_path(block, x)
+    assert_close(y_steps, y_seq, 1e-5, "y")
+    assert_states_close(st_steps, st_seq, 1e-5)

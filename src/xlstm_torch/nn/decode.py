@@ -13,6 +13,8 @@ sequence paths, which are the step paths' reference twins (tests/nn/test_nn_deco
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 FUSE_MAX_BYTES = 16 * 2**20
 """Largest concatenated weight kept: above it a product costs far more than its dispatch, so
@@ -28,6 +30,14 @@ def decoding(x: torch.Tensor, module: torch.nn.Module) -> bool:
     if not torch.is_grad_enabled():
         return True
     return not x.requires_grad and not any(p.requires_grad for p in module.parameters())
+
+
+def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; for a plain ``nn.Linear`` the functional call, without the module-call overhead.
+    Any other module (a wrapper, a quantised or adapted projection) runs its own forward."""
+    if type(module) is nn.Linear:
+        return F.linear(x, module.weight, module.bias)
+    return module(x)
 
 
 class WeightCache:
@@ -75,6 +85,8 @@ class FusedWeights(WeightCache):
     """
 
     def get(self, linears) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if any(type(m) is not nn.Linear for m in linears):
+            return None  # a module with a forward of its own is run as itself
         weights = [m.weight for m in linears]
         if sum(w.numel() * w.element_size() for w in weights) > FUSE_MAX_BYTES:
             return None

@@ -21,7 +21,7 @@ from torch import nn
 
 from xlstm_torch import ops
 
-from .decode import FusedWeights, decoding
+from .decode import FusedWeights, decoding, linear
 from .feedforward import GatedFeedForward
 from .functional import soft_cap, state_dtype
 from .init import small_init_, wang_init_, zero_bias_
@@ -105,18 +105,19 @@ class LargeMLSTMLayer(nn.Module):
         projections = (self.q, self.k, self.v, self.ogate_preact, self.igate_preact, self.fgate_preact)
         fused = self.fused_in.get(projections)
         if fused is None:
-            q, k, v, o, i, f = (F.linear(x, m.weight, m.bias) for m in projections)
+            q, k, v, o, i, f = (linear(m, x) for m in projections)
             gates = torch.cat((i, f), dim=-1)  # (B, 2 NH)
         else:
             sizes = (self.qk_dim, self.qk_dim, self.v_dim, self.v_dim, 2 * NH)
             q, k, v, o, gates = F.linear(x, *fused).split(sizes, dim=-1)  # (B, D_qk | D_v | 2 NH)
+        q, k, v = q.reshape(B, NH, -1), k.reshape(B, NH, -1), v.reshape(B, NH, -1)  # (B, NH, DK | DV)
+        i, f = soft_cap(gates, self.gate_soft_cap).chunk(2, dim=-1)  # (B, NH) each
         sdtype = state_dtype(x.dtype)  # the op contract: cell arithmetic in float32 (float64 for float64)
-        i, f = soft_cap(gates, self.gate_soft_cap).to(sdtype).chunk(2, dim=-1)  # (B, NH) each
-        h, cell_state = ops.mlstm_step(q.reshape(B, NH, -1).to(sdtype), k.reshape(B, NH, -1).to(sdtype),
-                                       v.reshape(B, NH, -1).to(sdtype), i, f,
-                                       None if state is None else state.cell)  # h (B, NH, DV)
+        if sdtype != x.dtype:
+            q, k, v, i, f = (t.to(sdtype) for t in (q, k, v, i, f))
+        h, cell_state = ops.mlstm_step(q, k, v, i, f, None if state is None else state.cell)  # h (B, NH, DV)
         h = torch.sigmoid(o) * self.multihead_norm(h.to(x.dtype)).reshape(B, -1)  # (B, D_v)
-        return F.linear(h, self.out_proj.weight, self.out_proj.bias), LayerState(None, cell_state)  # (B, D)
+        return linear(self.out_proj, h), LayerState(None, cell_state)  # (B, D)
 
 
 class LargeMLSTMBlock(nn.Module):

@@ -21,7 +21,7 @@ from torch import nn
 from xlstm_torch import ops
 
 from .conv import CausalConv1d
-from .decode import WeightCache, decoding
+from .decode import WeightCache, decoding, linear
 from .functional import round_up, state_dtype
 from .init import small_init_, wang_init_, zero_bias_
 from .linear import HeadwiseLinear
@@ -148,17 +148,17 @@ class MLSTMLayer(nn.Module):
         B = x.shape[0]
         NH, DH = self.num_heads, self.head_dim
         conv_state, cell_state = (None, None) if state is None else state
-        x_in, z = F.linear(x, self.proj_up.weight, self.proj_up.bias).chunk(2, dim=-1)  # (B, Di) each
-        x_conv, conv_state = self.conv(x_in[:, None], conv_state)  # (B, 1, Di)
-        x_conv = F.silu(x_conv[:, 0])  # (B, Di)
-        q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_in)  # (B, Di) each
+        x_in, z = linear(self.proj_up, x).chunk(2, dim=-1)  # (B, Di) each
+        x_conv, conv_state = self.conv.step(x_in, conv_state)
+        x_conv = F.silu(x_conv)  # (B, Di)
+        q, k, v = self.q.step(x_conv), self.k.step(x_conv), self.v.step(x_in)  # (B, Di) each
         i, f = self.gate_preacts(q, k, v)  # (B, NH) each
         sdtype = state_dtype(x.dtype)  # the op contract: cell arithmetic in float32 (float64 for float64)
         h, cell_state = ops.mlstm_step(*(t.to(sdtype) for t in (q.view(B, NH, DH), k.view(B, NH, DH),
                                                                  v.view(B, NH, DH), i, f)), cell_state)  # (B, NH, DH)
         h = self.multihead_norm(h.to(x.dtype)).reshape(B, -1)  # (B, Di)
         h = (h + self.learnable_skip * x_conv) * F.silu(z)
-        return F.linear(h, self.proj_down.weight, self.proj_down.bias), LayerState(conv_state, cell_state)
+        return linear(self.proj_down, h), LayerState(conv_state, cell_state)
 
 
 class MLSTMBlock(nn.Module):

@@ -114,12 +114,13 @@ class SLSTMLayer(nn.Module):
         B, D = x.shape
         conv_state, cell_state = (None, None) if state is None else state
         if self.conv is not None:
-            x_conv, conv_state = self.conv(x[:, None], conv_state)  # (B, 1, D)
-            x_conv = F.silu(x_conv[:, 0])  # (B, D)
+            x_conv, conv_state = self.conv.step(x, conv_state)
+            x_conv = F.silu(x_conv)  # (B, D)
         else:
             x_conv = x
         sdtype = state_dtype(x.dtype)
-        gate_inputs = (self.igate_preact(x_conv), self.fgate_preact(x_conv), self.zgate_preact(x), self.ogate_preact(x))
+        gate_inputs = (self.igate_preact.step(x_conv), self.fgate_preact.step(x_conv), self.zgate_preact.step(x),
+                       self.ogate_preact.step(x))
         wx = torch.stack([g.view(B, self.num_heads, self.head_dim) for g in gate_inputs], dim=2)  # (B, NH, 4, DH)
         weights = self.step_weights.get([self.recurrent_kernel, self.bias], lambda: slstm_step_weights(
             self.recurrent_kernel.to(sdtype), self.bias.to(sdtype)))
