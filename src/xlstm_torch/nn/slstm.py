@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlstm_torch import ops
-
 from xlstm_torch.ops.slstm_cell import slstm_step, slstm_step_weights
 
 from .conv import CausalConv1d
