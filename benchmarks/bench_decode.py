@@ -22,7 +22,12 @@ Models. "xlstm[1:1]" is the paper's xLSTM with alternating mLSTM and sLSTM block
 "transformer" the Llama-style baseline (``models/transformer.py``), all ours, and "hf-xlstm" is
 ``transformers.xLSTMForCausalLM``, the same architecture as "xlstm-large" at the same sizes, measured only when ``transformers`` is installed (``pip install --no-deps transformers``
 plus regex, pyyaml, tqdm, huggingface_hub, tokenizers); the library never imports it. With the
-``xlstm`` package installed, transformers runs its layers from that package.
+``xlstm`` package installed, transformers runs its layers from that package; ``--hf-builtin`` makes it
+run its own PyTorch layers (the row says which).
+
+One-token calls of our xLSTM models run the blocks' step paths (``xlstm_torch/nn/decode.py``). On a
+shared CPU use ``--threads 1``: with two threads every small op waits at a barrier for a core that
+another process may hold (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -131,8 +136,17 @@ def our_transformer(device, dtype) -> Runner:
     return library_runner("transformer", Transformer(config).to(device, dtype).eval())
 
 
+HF_BUILTIN = False  # --hf-builtin: transformers' own PyTorch layers even where the xlstm package is installed
+
+
 def hf_xlstm(device, dtype) -> Runner | str:
     try:
+        if HF_BUILTIN:  # transformers picks its layers when modeling_xlstm is first imported
+            import transformers.utils
+
+            if "transformers.models.xlstm.modeling_xlstm" in sys.modules:
+                return "--hf-builtin needs a fresh process (modeling_xlstm already imported)"
+            transformers.utils.is_xlstm_available = lambda: False
         from transformers import xLSTMConfig, xLSTMForCausalLM
         from transformers.models.xlstm import modeling_xlstm
     except ImportError as err:
@@ -141,7 +155,7 @@ def hf_xlstm(device, dtype) -> Runner | str:
     config = xLSTMConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=NUM_BLOCKS, num_heads=NUM_HEADS,
                          autocast_kernel_dtype=dtype_name, inference_state_dtype="float32")
     model = xLSTMForCausalLM(config).to(device, dtype).eval()
-    backend = "xlstm package" if modeling_xlstm.is_xlstm_available() else "built-in"
+    backend = "xlstm package" if getattr(modeling_xlstm, "external_xlstm", modeling_xlstm.is_xlstm_available()) else "built-in"
 
     def prefill(ids):
         out = model(ids, use_cache=True)
@@ -268,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--models", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
+    parser.add_argument("--hf-builtin", action="store_true",
+                        help="hf-xlstm on transformers' built-in PyTorch layers, also where the xlstm package is installed")
     args = parser.parse_args(argv)
+    global HF_BUILTIN
+    HF_BUILTIN = args.hf_builtin
     if args.quick:
         args.contexts, args.new_tokens = [128, 512], 8
     if args.threads is not None:

@@ -50,6 +50,8 @@ def test_smoke_rows(smoke_report):
             assert r["fwd TFLOP/s (% mm)"].endswith("%)"), r
         elif r["implementation"] == "ours chunkwise compiled L=16":
             assert r["note"] == "switched off (--no-compile)"
+        elif r["implementation"].startswith("mlstm_kernels") and "not importable" in r["note"]:
+            assert r["fwd ms"] == r["fwd+bwd ms"] == "—", r  # the optional peer is not installed (CI)
         else:  # Triton rows: timed, or "err" with the reason (the interpreter cannot run every kernel)
             for mode in bench.MODES:
                 assert r[f"{mode} ms"] == "err" and f"{mode}: " in r["note"] or float(r[f"{mode} ms"]) > 0, r

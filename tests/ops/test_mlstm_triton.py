@@ -39,7 +39,7 @@ def reference(inputs, state=None, eps=1e-6):
     return run([x.detach().double().requires_grad_(True) for x in inputs], "reference", state, eps=eps)
 
 
-@pytest.mark.parametrize("S", [1, 2, 63, 65, 130])
+@pytest.mark.parametrize("S", [1, 63, 130])
 @pytest.mark.parametrize("with_state", [False, True], ids=["empty-state", "given-state"])
 def test_float64_matches_reference(S, with_state):
     inputs = make_inputs(S=S)
@@ -53,7 +53,7 @@ def test_eps_path_matches_reference():
     compare(run_triton(inputs, state, eps=1e-2), reference(inputs, state, eps=1e-2), 1e-10)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 20, 64, 1000])
+@pytest.mark.parametrize("chunk_size", [1, 20, 1000])
 def test_any_chunk_size(chunk_size):
     """The chunk size is independent of the tiles: any L, including L < 16 and L not a power of two."""
     inputs = make_inputs(S=65, DK=4, DV=6)

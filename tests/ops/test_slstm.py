@@ -167,6 +167,32 @@ def test_token_by_token_equals_one_call():
         assert_close(a, e, 1e-12, name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("with_state", [False, True], ids=["empty-state", "given-state"])
+def test_decoding_step_equals_recurrent_and_reference(with_state, dtype):
+    """slstm_step (the decoding step of the layers) token by token: the recurrent backend's numbers
+    (the same ops, so equal to rounding) and the reference's."""
+    from xlstm_torch.ops.slstm_cell import slstm_step, slstm_step_weights
+
+    wx, r, b = (x.detach().to(dtype) for x in make_inputs(S=20))
+    state = SLSTMState(*(x.detach().to(dtype) for x in make_state())) if with_state else None
+    h_rec, final_rec = slstm(wx, r, b, state=state, return_state=True, backend="recurrent")
+    h_ref, final_ref = slstm(wx, r, b, state=state, return_state=True, backend="reference")
+    weights, hs = slstm_step_weights(r, b), []
+    with torch.no_grad():
+        for t in range(20):
+            h, state = slstm_step(wx[:, t], weights, state)  # (B, NH, DH)
+            hs.append(h)
+    hs = torch.stack(hs, dim=1)
+    rtol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert_close(hs, h_rec, rtol, "h vs recurrent")
+    assert_close(hs, h_ref, RTOL[dtype], "h vs reference")
+    for name, a, e, e_ref in zip("hcnm", state, final_rec, final_ref):
+        assert a.shape == e.shape and a.dtype == dtype
+        assert_close(a, e, rtol, name)
+        assert_close(a, e_ref, RTOL[dtype], name)
+
+
 @pytest.mark.parametrize("S", [1, 64, 65, 200], ids=lambda s: f"S{s}")
 @pytest.mark.parametrize("with_state", [False, True], ids=["empty-state", "given-state"])
 def test_no_grad_path_matches_reference(S, with_state):

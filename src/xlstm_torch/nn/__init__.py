@@ -4,6 +4,7 @@ Every layer and block takes an optional ``LayerState`` and returns the next one,
 in pieces gives the same output as one call (ARCHITECTURE.md "Inference state").
 """
 
+from . import decode
 from .conv import CausalConv1d
 from .feedforward import GatedFeedForward
 from .functional import round_up, soft_cap

@@ -59,6 +59,18 @@ class CausalConv1d(nn.Module):
         window = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+S, D)
         return self._conv(window), window[:, S:]  # (B, S, D), (B, K-1, D)
 
+    def step(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoding step: x (B, D) and state (B, K-1, D) or None -> y (B, D), state (B, K-1, D).
+
+        ``forward`` on (B, 1, D) written as the K products and their sum: for one window a
+        convolution call costs tens of times more than its 2·K·D flops (equal to rounding).
+        """
+        if state is None:
+            state = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[1])
+        window = torch.cat([state.to(x.dtype), x[:, None]], dim=1)  # (B, K, D)
+        y = (window * self.weight.t()).sum(1)  # (B, D)
+        return (y if self.bias is None else y + self.bias), window[:, 1:]
+
     def _conv(self, window: torch.Tensor) -> torch.Tensor:
         """(B, K-1+S, D) inputs -> (B, S, D) outputs, one per full window of K."""
         y = F.conv1d(window.transpose(1, 2), self.weight[:, None, :], self.bias, groups=self.dim)  # (B, D, S)

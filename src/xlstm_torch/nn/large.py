@@ -16,10 +16,14 @@ SwiGLU feed-forward after every mLSTM layer:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from xlstm_torch import ops
+
+from .decode import FusedWeights, decoding, linear
 from .feedforward import GatedFeedForward
-from .functional import soft_cap
+from .functional import soft_cap, state_dtype
 from .init import small_init_, wang_init_, zero_bias_
 from .mlstm import multihead_mlstm
 from .norm import MultiHeadNorm, RMSNorm
@@ -57,6 +61,7 @@ class LargeMLSTMLayer(nn.Module):
         self.fgate_preact = nn.Linear(D, num_heads, bias=True)
         self.multihead_norm = MultiHeadNorm(num_heads, self.v_dim // num_heads, eps=norm_eps)
         self.out_proj = nn.Linear(self.v_dim, D, bias=bias)
+        self.fused_in = FusedWeights()  # q, k, v, o, i, f as one product in ``step``
         self.reset_parameters()
 
     @torch.no_grad()
@@ -91,6 +96,29 @@ class LargeMLSTMLayer(nn.Module):
         h = o * self.multihead_norm(h).reshape(B, S, -1)  # (B, S, D_v)
         return self.out_proj(h), LayerState(None, cell_state) if return_state else None  # (B, S, D)
 
+    def step(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        """One decoding step without gradients: x (B, D) -> y (B, D), LayerState; ``forward`` on (B, 1, D).
+
+        The six projections of x run as one product (``FusedWeights``), the cell as ``ops.mlstm_step``.
+        """
+        B, NH = x.shape[0], self.num_heads
+        projections = (self.q, self.k, self.v, self.ogate_preact, self.igate_preact, self.fgate_preact)
+        fused = self.fused_in.get(projections)
+        if fused is None:
+            q, k, v, o, i, f = (linear(m, x) for m in projections)
+            gates = torch.cat((i, f), dim=-1)  # (B, 2 NH)
+        else:
+            sizes = (self.qk_dim, self.qk_dim, self.v_dim, self.v_dim, 2 * NH)
+            q, k, v, o, gates = F.linear(x, *fused).split(sizes, dim=-1)  # (B, D_qk | D_v | 2 NH)
+        q, k, v = q.reshape(B, NH, -1), k.reshape(B, NH, -1), v.reshape(B, NH, -1)  # (B, NH, DK | DV)
+        i, f = soft_cap(gates, self.gate_soft_cap).chunk(2, dim=-1)  # (B, NH) each
+        sdtype = state_dtype(x.dtype)  # the op contract: cell arithmetic in float32 (float64 for float64)
+        if sdtype != x.dtype:
+            q, k, v, i, f = (t.to(sdtype) for t in (q, k, v, i, f))
+        h, cell_state = ops.mlstm_step(q, k, v, i, f, None if state is None else state.cell)  # h (B, NH, DV)
+        h = torch.sigmoid(o) * self.multihead_norm(h.to(x.dtype)).reshape(B, -1)  # (B, D_v)
+        return linear(self.out_proj, h), LayerState(None, cell_state)  # (B, D)
+
 
 class LargeMLSTMBlock(nn.Module):
     """x + LargeMLSTMLayer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)). x: (B, S, D) -> (B, S, D), LayerState.
@@ -114,6 +142,16 @@ class LargeMLSTMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
                 *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
+        if x.shape[1] == 1 and cu_seqlens is None and return_state and decoding(x, self):
+            y, state = self.step(x[:, 0], state)
+            return y[:, None], state  # (B, 1, D)
         y, state = self.mlstm_layer(self.norm_mlstm(x), state, cu_seqlens, return_state=return_state)
         x = x + y
         return x + self.ffn(self.norm_ffn(x)), state
+
+    def step(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        """One decoding step without gradients: x (B, D) -> (B, D), LayerState; what ``forward`` runs
+        for one token when nothing needs a gradient (nn/decode.py)."""
+        y, state = self.mlstm_layer.step(self.norm_mlstm(x), state)
+        x = x + y
+        return x + self.ffn.step(self.norm_ffn(x)), state

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from .decode import WeightCache, decoding
+
 GROUP_WIDTH = 32  # widest merged group of blocks (input or output features) the forward builds
 
 
@@ -49,6 +51,7 @@ class HeadwiseLinear(nn.Module):
         self.heads_per_group = _heads_per_group(num_heads, max(in_features, out_features) // num_heads)
         self.weight = nn.Parameter(torch.empty(num_heads, out_features // num_heads, in_features // num_heads))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.grouped_weight = WeightCache()  # the merged blocks, kept when nothing needs a gradient
         self.reset_parameters()
 
     @torch.no_grad()
@@ -61,16 +64,36 @@ class HeadwiseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_features) -> (..., out_features); equal to ``headwise_linear_reference``."""
-        b = self.heads_per_group
-        if b == 1:
+        if self.heads_per_group == 1:
             return headwise_linear_reference(x, self.weight, self.bias)
+        if decoding(x, self):  # the merged weight is the same until the weight changes (nn/decode.py)
+            grouped = self.grouped_weight.get([self.weight], self._grouped)
+        else:
+            grouped = self._grouped()
+        return headwise_linear_reference(x, grouped, self.bias)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for rows x (N, in_features) -> (N, out_features) without gradients (decoding):
+        one batched product over the (merged) heads, without einsum's planning, which at a few rows
+        costs more than the product (equal to rounding)."""
+        if self.heads_per_group == 1:
+            weight = self.weight
+        else:
+            weight = self.grouped_weight.get([self.weight], self._grouped)  # (G, out/G, in/G)
+        G, out_g, in_g = weight.shape
+        heads = x.reshape(-1, G, in_g).transpose(0, 1)  # (G, N, in/G)
+        y = torch.bmm(heads, weight.transpose(1, 2)).transpose(0, 1).reshape(-1, G * out_g)  # (N, out)
+        return y if self.bias is None else y + self.bias
+
+    def _grouped(self) -> torch.Tensor:
+        """The weight as G = NH / b dense blocks of b merged heads: (G, b·out/NH, b·in/NH)."""
+        b = self.heads_per_group
         NH, out_b, in_b = self.weight.shape
         G = NH // b
         eye = torch.eye(b, dtype=self.weight.dtype, device=self.weight.device)
         # grouped[g, (p, o), (r, i)] = weight[g b + p, o, i] if p == r else 0: b blocks on a diagonal
         grouped = torch.einsum("gpoi,pr->gpori", self.weight.view(G, b, out_b, in_b), eye)
-        grouped = grouped.reshape(G, b * out_b, b * in_b)  # (G, out/G, in/G)
-        return headwise_linear_reference(x, grouped, self.bias)
+        return grouped.reshape(G, b * out_b, b * in_b)  # (G, out/G, in/G)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -21,6 +21,7 @@ from torch import nn
 from xlstm_torch import ops
 
 from .conv import CausalConv1d
+from .decode import WeightCache, decoding, linear
 from .functional import round_up, state_dtype
 from .init import small_init_, wang_init_, zero_bias_
 from .linear import HeadwiseLinear
@@ -82,6 +83,7 @@ class MLSTMLayer(nn.Module):
         self.learnable_skip = nn.Parameter(torch.ones(Di))
         self.proj_down = nn.Linear(Di, D, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        self.gate_weights = WeightCache()  # the stacked i/f gate weight and bias, when nothing needs a gradient
         self.reset_parameters()
 
     @torch.no_grad()
@@ -113,8 +115,11 @@ class MLSTMLayer(nn.Module):
         never built (in a training step they cost more than the products themselves).
         """
         NH, Di = self.num_heads, self.inner_dim
-        weight = torch.cat([self.igate_preact.weight, self.fgate_preact.weight])  # (2 NH, 3 Di)
-        bias = torch.cat([self.igate_preact.bias, self.fgate_preact.bias])  # (2 NH,)
+        params = [self.igate_preact.weight, self.fgate_preact.weight, self.igate_preact.bias, self.fgate_preact.bias]
+        if decoding(q, self):  # kept between calls (nn/decode.py)
+            weight, bias = self.gate_weights.get(params, lambda: (torch.cat(params[:2]), torch.cat(params[2:])))
+        else:
+            weight, bias = torch.cat(params[:2]), torch.cat(params[2:])  # (2 NH, 3 Di), (2 NH,)
         w_q, w_k, w_v = weight.split(Di, dim=1)  # (2 NH, Di) each
         preacts = F.linear(v, w_v, bias).add_(F.linear(q, w_q)).add_(F.linear(k, w_k))  # (B, S, 2 NH)
         return preacts[..., :NH], preacts[..., NH:]
@@ -137,6 +142,24 @@ class MLSTMLayer(nn.Module):
         y = self.dropout(self.proj_down(h))  # (B, S, D)
         return y, LayerState(conv_state, cell_state) if return_state else None
 
+    def step(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        """One decoding step without gradients, in eval mode: x (B, D) -> y (B, D), LayerState;
+        ``forward`` on (B, 1, D), with the functional ops called directly and the cell as ``ops.mlstm_step``."""
+        B = x.shape[0]
+        NH, DH = self.num_heads, self.head_dim
+        conv_state, cell_state = (None, None) if state is None else state
+        x_in, z = linear(self.proj_up, x).chunk(2, dim=-1)  # (B, Di) each
+        x_conv, conv_state = self.conv.step(x_in, conv_state)
+        x_conv = F.silu(x_conv)  # (B, Di)
+        q, k, v = self.q.step(x_conv), self.k.step(x_conv), self.v.step(x_in)  # (B, Di) each
+        i, f = self.gate_preacts(q, k, v)  # (B, NH) each
+        sdtype = state_dtype(x.dtype)  # the op contract: cell arithmetic in float32 (float64 for float64)
+        h, cell_state = ops.mlstm_step(*(t.to(sdtype) for t in (q.view(B, NH, DH), k.view(B, NH, DH),
+                                                                 v.view(B, NH, DH), i, f)), cell_state)  # (B, NH, DH)
+        h = self.multihead_norm(h.to(x.dtype)).reshape(B, -1)  # (B, Di)
+        h = (h + self.learnable_skip * x_conv) * F.silu(z)
+        return linear(self.proj_down, h), LayerState(conv_state, cell_state)
+
 
 class MLSTMBlock(nn.Module):
     """Residual pre-norm mLSTM block: x + MLSTMLayer(LayerNorm(x)). x: (B, S, D) -> (B, S, D), LayerState.
@@ -155,5 +178,13 @@ class MLSTMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
                 *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
+        if x.shape[1] == 1 and cu_seqlens is None and return_state and decoding(x, self):
+            y, state = self.step(x[:, 0], state)
+            return y[:, None], state  # (B, 1, D)
         y, state = self.mlstm_layer(self.norm_mlstm(x), state, cu_seqlens, return_state=return_state)
+        return x + y, state
+
+    def step(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        """One decoding step without gradients, in eval mode: x (B, D) -> (B, D), LayerState (nn/decode.py)."""
+        y, state = self.mlstm_layer.step(self.norm_mlstm(x), state)
         return x + y, state

@@ -42,6 +42,8 @@ class LayerNorm(_WeightOnlyNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rdtype = reduction_dtype(x.dtype)
+        if rdtype == x.dtype == self.weight.dtype:  # no casts: each costs a dispatch when decoding
+            return F.layer_norm(x, (self.dim,), self.weight, None, self.eps)
         y = F.layer_norm(x.to(rdtype), (self.dim,), self.weight.to(rdtype), None, self.eps)
         return y.to(x.dtype)
 
@@ -54,6 +56,8 @@ class RMSNorm(_WeightOnlyNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rdtype = reduction_dtype(x.dtype)
+        if rdtype == x.dtype == self.weight.dtype:  # no casts: each costs a dispatch when decoding
+            return F.rms_norm(x, (self.dim,), self.weight, self.eps)
         return F.rms_norm(x.to(rdtype), (self.dim,), self.weight.to(rdtype), self.eps).to(x.dtype)
 
 
@@ -78,6 +82,8 @@ class MultiHeadNorm(nn.Module):
             raise ValueError(f"x must end in (num_heads, head_dim) = ({self.num_heads}, {self.head_dim}), "
                              f"got shape {tuple(x.shape)}")
         rdtype = reduction_dtype(x.dtype)
+        if rdtype == x.dtype == self.weight.dtype:  # no casts: each costs a dispatch when decoding
+            return F.layer_norm(x, (self.head_dim,), None, None, self.eps) * self.weight.view(self.num_heads, self.head_dim)
         y = F.layer_norm(x.to(rdtype), (self.head_dim,), None, None, self.eps)  # (..., NH, DH)
         y = y * self.weight.to(rdtype).view(self.num_heads, self.head_dim)
         return y.to(x.dtype)

@@ -19,9 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlstm_torch import ops
+from xlstm_torch.ops.slstm_cell import slstm_step, slstm_step_weights
 
 from .conv import CausalConv1d
+from .decode import WeightCache, decoding
 from .feedforward import GatedFeedForward
+from .functional import state_dtype
 from .init import small_init_
 from .linear import HeadwiseLinear
 from .norm import LayerNorm, MultiHeadNorm
@@ -71,6 +74,7 @@ class SLSTMLayer(nn.Module):
         self.bias = nn.Parameter(torch.empty(NH, 4, DH))
         self.multihead_norm = MultiHeadNorm(NH, DH, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
+        self.step_weights = WeightCache()  # r and b in the layout of ``slstm_step``
         self.reset_parameters()
 
     @torch.no_grad()
@@ -103,6 +107,27 @@ class SLSTMLayer(nn.Module):
         y = self.dropout(self.multihead_norm(h).reshape(B, S, D))  # (B, S, D)
         return y, LayerState(conv_state, cell_state) if return_state else None
 
+    def step(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        """One decoding step without gradients, in eval mode: x (B, D) -> y (B, D), LayerState;
+        ``forward`` on (B, 1, D), with the cell as ``slstm_step`` (the recurrent backend's step)."""
+        B, D = x.shape
+        conv_state, cell_state = (None, None) if state is None else state
+        if self.conv is not None:
+            x_conv, conv_state = self.conv.step(x, conv_state)
+            x_conv = F.silu(x_conv)  # (B, D)
+        else:
+            x_conv = x
+        sdtype = state_dtype(x.dtype)
+        gate_inputs = (self.igate_preact.step(x_conv), self.fgate_preact.step(x_conv), self.zgate_preact.step(x),
+                       self.ogate_preact.step(x))
+        wx = torch.stack([g.view(B, self.num_heads, self.head_dim) for g in gate_inputs], dim=2)  # (B, NH, 4, DH)
+        weights = self.step_weights.get([self.recurrent_kernel, self.bias], lambda: slstm_step_weights(
+            self.recurrent_kernel.to(sdtype), self.bias.to(sdtype)))
+        if cell_state is not None:
+            cell_state = type(cell_state)(*(t.to(sdtype) for t in cell_state))
+        h, cell_state = slstm_step(wx.to(sdtype), weights, cell_state)  # h (B, NH, DH)
+        return self.multihead_norm(h.to(x.dtype)).reshape(B, D), LayerState(conv_state, cell_state)
+
 
 class SLSTMBlock(nn.Module):
     """Residual sLSTM block: x + SLSTMLayer(LayerNorm(x)), then x + FFN(LayerNorm(x)).
@@ -129,6 +154,15 @@ class SLSTMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
                 *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
+        if x.shape[1] == 1 and cu_seqlens is None and return_state and decoding(x, self):
+            y, state = self.step(x[:, 0], state)
+            return y[:, None], state  # (B, 1, D)
         y, state = self.slstm_layer(self.norm_slstm(x), state, cu_seqlens, return_state=return_state)
         x = x + y
         return x + self.ffn(self.norm_ffn(x)), state
+
+    def step(self, x: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        """One decoding step without gradients, in eval mode: x (B, D) -> (B, D), LayerState (nn/decode.py)."""
+        y, state = self.slstm_layer.step(self.norm_slstm(x), state)
+        x = x + y
+        return x + self.ffn.step(self.norm_ffn(x)), state

@@ -29,6 +29,7 @@ BACKENDS = {
     "triton": mlstm_triton,
 }
 DEFAULT_CHUNK_SIZE = 64
+TRITON_CHUNK_SIZE = 128  # fastest of 64/128/256 on an H200 at 2k-64k context (benchmarks/RESULTS.md)
 STEP_BACKENDS = ("recurrent", "triton")  # what mlstm_step runs: the torch step, or the fused kernel
 
 
@@ -114,7 +115,7 @@ def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str
     name = backend or select_backend(S, device, requires_grad)
     if name == "triton":  # the kernels read bf16/fp16 inputs as they are and keep fp32 states themselves
         h, final = mlstm_triton(q, k, v, i, f, state=state, eps=float(eps),
-                                chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, cu_seqlens=cu_seqlens)
+                                chunk_size=chunk_size or TRITON_CHUNK_SIZE, cu_seqlens=cu_seqlens)
         return (h, final) if return_state else h
     args = [x.to(sdtype) for x in (q, k, v, i, f)]
     if name == "chunkwise":

@@ -22,15 +22,19 @@ def mlstm_step(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6
         state = empty_mlstm_state(B, NH, DK, v.shape[-1], dtype=q.dtype, device=q.device)
     C, n, m = state
     # The (B, NH) gate scalars in float64: in float32 the stabiliser (|m| ~ 10 with the 7B's gate
-    # bias) would cost ~1e-6 relative per step, accumulating over a long decode.
-    log_f_plus_m = F.logsigmoid(f.double()) + m.double()  # (B, NH)
-    m_new64 = torch.maximum(log_f_plus_m, i.double())
-    f_scaled = torch.exp(log_f_plus_m - m_new64).to(q.dtype)
-    k_scaled = k * (torch.exp(i.double() - m_new64) / math.sqrt(DK)).to(q.dtype)[..., None]  # (B, NH, DK)
-    m_new = m_new64.to(q.dtype)
+    # bias) would cost ~1e-6 relative per step, accumulating over a long decode. At decode time the
+    # step is a few dozen ops on tiny tensors, each costing more in dispatch than in arithmetic, so
+    # the scalars are lifted together (one stack, one cast) and the three results come back to the
+    # state dtype in one cast; the values are those of lifting and casting each one on its own.
+    f64, m64, i64 = torch.stack((f, m, i)).double().unbind(0)  # (B, NH) each
+    log_f_plus_m = F.logsigmoid(f64) + m64
+    m_new64 = torch.maximum(log_f_plus_m, i64)
+    f_scaled64, i_scaled64 = torch.exp(torch.stack((log_f_plus_m, i64)) - m_new64).unbind(0)  # (B, NH) each
+    f_scaled, k_scale, m_new = torch.stack((f_scaled64, i_scaled64 / math.sqrt(DK), m_new64)).to(q.dtype).unbind(0)
+    k_scaled = k * k_scale[..., None]  # (B, NH, DK)
     C = torch.addcmul(C * f_scaled[..., None, None], k_scaled[..., :, None], v[..., None, :])  # (B, NH, DK, DV)
     n = torch.addcmul(k_scaled, n, f_scaled[..., None])  # (B, NH, DK)
-    num = (q[..., None, :] @ C).squeeze(-2)  # (B, NH, DV)
+    num = torch.bmm(q.reshape(B * NH, 1, DK), C.reshape(B * NH, DK, -1)).view(B, NH, -1)  # (B, NH, DV)
     den = (q * n).sum(-1)  # (B, NH)
     h = num / (torch.maximum(den.abs(), normaliser_floor(m_new)) + eps)[..., None]
     return h, MLSTMState(C, n, m_new)

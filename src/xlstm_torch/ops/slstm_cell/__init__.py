@@ -11,7 +11,7 @@ import torch
 from .._checks import check_choice, check_state, check_tensor, state_dtype
 from .._packing import check_cu_seqlens
 from .._triton import triton_runs_on
-from .recurrent import slstm_recurrent
+from .recurrent import slstm_recurrent, slstm_step, slstm_step_weights
 from .reference import slstm_reference
 from .state import SLSTMState, empty_slstm_state
 from .triton_recurrent import RESIDENT_MAX_DH
@@ -99,5 +99,5 @@ def _documents_as_batch(backend, wx, r, b, state, cu_seqlens):
     return h[valid].unsqueeze(0)  # (1, S, NH, DH): documents back to back, as packed
 
 
-__all__ = ["slstm", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference", "slstm_recurrent",
+__all__ = ["slstm", "slstm_step", "slstm_step_weights", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference", "slstm_recurrent",
            "slstm_triton"]

@@ -40,9 +40,11 @@ from contextlib import contextmanager
 import torch
 from torch.autograd.function import once_differentiable
 
+import torch.nn.functional as F
+
 from .._packing import document_spans
 from ._workspace import Workspace
-from .state import SLSTMState
+from .state import SLSTMState, empty_slstm_state
 
 CHUNK = 64  # steps per chunk: pre-activation fill, per-step views, backward workspace
 
@@ -402,3 +404,36 @@ def slstm_recurrent(wx, r, b, state: SLSTMState | None = None, cu_seqlens: tuple
         init = None if state[0] is None else torch.stack([_to_internal(x, D) for x in state])
         h, final, _, _, _ = _run_forward(wx, r, b, init, cu_seqlens, store=False)
     return h, SLSTMState(*final)
+
+
+def slstm_step_weights(r: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """r (NH, 4, DH, DH), b (NH, 4, DH) in the layout ``slstm_step`` reads: the recurrent blocks batched
+    over (gate, head) (4·NH, DH, DH), as the loop above uses them, and the biases (4, NH, 1, DH).
+    A decoding layer builds these once and keeps them (nn/decode.py)."""
+    NH, _, DH, _ = r.shape
+    return r.transpose(0, 1).reshape(4 * NH, DH, DH), b.transpose(0, 1)[:, :, None]
+
+
+def slstm_step(wx: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor], state: SLSTMState | None = None):
+    """One step of the recurrence, for decoding (no gradients): the per-step ops of ``_forward``,
+    without its buffers, chunking and thread switch, which cost more than one step's arithmetic.
+
+    wx (B, NH, 4, DH) in the state dtype; weights = ``slstm_step_weights(r, b)``; state (h, c̄, n̄, m)
+    each (B, NH, DH) or None (empty). Returns h (B, NH, DH) and the next SLSTMState, whose tensors
+    are (B, NH, DH) views of (NH, B, DH) ones (contiguous for B == 1).
+    """
+    R4, b4 = weights
+    B, NH, _, DH = wx.shape
+    h, c, n, m = state if state is not None else empty_slstm_state(B, NH, DH, dtype=wx.dtype, device=wx.device)
+    raw = torch.add(wx.permute(2, 1, 0, 3), b4, out=wx.new_empty(4, NH, B, DH))  # wx + b, gates (i, f, z, o)
+    h4 = h.transpose(0, 1).expand(4, NH, B, DH).reshape(4 * NH, B, DH)  # h_{t-1} once per gate
+    i_raw, f_raw, z_raw, o_raw = torch.baddbmm(raw.view(4 * NH, B, DH), h4, R4).view(4, NH, B, DH)
+    a = F.logsigmoid(f_raw) + m.transpose(0, 1)  # (NH, B, DH)
+    m_new = torch.maximum(a, i_raw)
+    f_act, i_act = torch.exp(torch.stack((a, i_raw)) - m_new)  # f', i', both <= 1
+    n_new, c_new = torch.stack((n.transpose(0, 1), c.transpose(0, 1))) * f_act  # (NH, B, DH) each
+    n_new.add_(i_act)
+    c_new.addcmul_(torch.tanh(z_raw), i_act)  # [n̄, c̄] = f'·[n̄, c̄] + i'·[1, z]
+    h_new = (c_new / n_new) * torch.sigmoid(o_raw)  # h = o·c̄/n̄
+    h_new, c_new, n_new, m_new = (x.transpose(0, 1) for x in (h_new, c_new, n_new, m_new))  # (B, NH, DH)
+    return h_new, SLSTMState(h_new, c_new, n_new, m_new)

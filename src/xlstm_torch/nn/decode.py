@@ -1,0 +1,102 @@
+"""Decode-time helpers: the one-token step paths of the layers (xLSTM 7B, inference experiments:
+decoding is a recurrent step of O(1) cost per token).
+
+At batch 1 a decoding step is a few hundred tiny products and pointwise ops, and on a CPU each
+costs more in dispatch (module calls, argument checks, views, allocations) than in arithmetic.
+The layers' step paths therefore call the functional ops directly on (B, D) rows and, where
+several projections read the same input, run them as one product. The concatenated weights are
+kept between calls by ``FusedWeights`` and rebuilt when any parameter changes. Every step path is
+taken only when nothing needs a gradient (``decoding``); with gradients the layers run their
+sequence paths, which are the step paths' reference twins (tests/nn/test_nn_decode.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSE_MAX_BYTES = 16 * 2**20
+"""Largest concatenated weight kept: above it a product costs far more than its dispatch, so
+fusing gains nothing and a copy of that size is not worth holding (an xLSTM 7B layer's would be
+hundreds of MiB)."""
+
+
+def decoding(x: torch.Tensor, module: torch.nn.Module) -> bool:
+    """The step paths' condition: ``module`` is in eval mode (no dropout) and neither ``x`` nor any of
+    its parameters needs a gradient."""
+    if module.training:
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not x.requires_grad and not any(p.requires_grad for p in module.parameters())
+
+
+def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; for a plain ``nn.Linear`` the functional call, without the module-call overhead.
+    Any other module (a wrapper, a quantised or adapted projection) runs its own forward."""
+    if type(module) is nn.Linear:
+        return F.linear(x, module.weight, module.bias)
+    return module(x)
+
+
+class WeightCache:
+    """A tensor derived from parameters (a concatenation, a re-laid-out copy), kept between calls.
+
+    ``get(params, build)`` returns ``build()``, built once and reused while every parameter is the
+    same tensor, at the same storage, with the same version counter (any in-place change, e.g. an
+    optimiser step or ``load_state_dict``, bumps it; ``.to()`` gives new storage). ``build`` runs
+    without autograd: for no-grad use only. Inference tensors (made under ``torch.inference_mode``)
+    have no version counter: for them ``build`` runs on every call.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value = None
+
+    def get(self, params, build):
+        if any(p.is_inference() for p in params):
+            with torch.no_grad():
+                return build()
+        key = tuple((p, p.data_ptr(), p._version) for p in params)
+        cached = self._key
+        if cached is None or len(cached) != len(key) or any(
+                a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(cached, key)):
+            with torch.no_grad():
+                self._value = build()
+            self._key = key
+        return self._value
+
+    def clear(self) -> None:
+        """Drop the cached tensor (it is rebuilt on the next ``get``)."""
+        self._key = self._value = None
+
+    def __deepcopy__(self, memo) -> "WeightCache":
+        return type(self)()  # a copied module gets its own cache, built from its own parameters
+
+
+class FusedWeights(WeightCache):
+    """The weights and biases of several linear maps of one input, concatenated along the output dim.
+
+    ``get(linears)`` (modules with ``weight`` (out_j, in) and ``bias`` (out_j,) or None) returns
+    (weight (Σ out_j, in), bias (Σ out_j,) or None), a missing bias counted as zeros, cached as in
+    ``WeightCache``. Returns None when the weight would exceed ``FUSE_MAX_BYTES``; the caller then
+    runs the maps one by one.
+    """
+
+    def get(self, linears) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if any(type(m) is not nn.Linear for m in linears):
+            return None  # a module with a forward of its own is run as itself
+        weights = [m.weight for m in linears]
+        if sum(w.numel() * w.element_size() for w in weights) > FUSE_MAX_BYTES:
+            return None
+        params = weights + [m.bias for m in linears if m.bias is not None]
+        return super().get(params, lambda: _concatenate(linears))
+
+
+def _concatenate(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    weight = torch.cat([m.weight for m in linears])  # (Σ out_j, in)
+    if all(m.bias is None for m in linears):
+        return weight, None
+    bias = torch.cat([m.weight.new_zeros(m.weight.shape[0]) if m.bias is None else m.bias for m in linears])
+    return weight, bias
