@@ -30,6 +30,19 @@ def _dot(a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _rows(ptr, rows, row_mask, cols, width):
+    """Tile (rows, cols) of a row-major (N, width) tensor; zeros where a row is masked or a column past width."""
+    return tl.load(ptr + rows[:, None] * width + cols[None, :], mask=row_mask[:, None] & (cols[None, :] < width), other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, rows, row_mask, cols, width, value):
+    """Write ``value`` into tile (rows, cols) of a row-major (N, width) tensor, in the tensor's dtype."""
+    tl.store(ptr + rows[:, None] * width + cols[None, :], value.to(ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (cols[None, :] < width))
+
+
+@triton.jit
 def _intra_weights(u_ptr, M_ptr, row0, j, l, L, S_total):
     """(BQ, BT) weights exp(u_l - M_j) of key steps l on query steps j (l <= j < L); u holds the 1/sqrt(DK).
 
@@ -48,14 +61,14 @@ def _intra_weights(u_ptr, M_ptr, row0, j, l, L, S_total):
 @triton.jit
 def _load_state(C_ptr, n_ptr, index, dk, dv, DK, DV):
     """Tile (dk, dv) of state ``index`` of a (N, DK, DV) matrix and its (N, DK) vector."""
-    C = tl.load(C_ptr + index * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
+    C = _rows(C_ptr + index * DK * DV, dk, dk < DK, dv, DV)
     n = tl.load(n_ptr + index * DK + dk, mask=dk < DK, other=0.0)
     return C, n
 
 
 @triton.jit
 def _store_state(C_ptr, n_ptr, index, C, n, dk, dv, DK, DV, write_n):
-    tl.store(C_ptr + index * DK * DV + dk[:, None] * DV + dv[None, :], C, mask=(dk[:, None] < DK) & (dv[None, :] < DV))
+    _store_rows(C_ptr + index * DK * DV, dk, dk < DK, dv, DV, C)
     if write_n:  # one DV tile writes the vector
         tl.store(n_ptr + index * DK + dk, n, mask=dk < DK)
 
@@ -68,8 +81,8 @@ def _kv_tile(k_ptr, v_ptr, inw_ptr, row_base, s, n_sub, total, L, dk, dv, DK, DV
     valid = (t < L) & (s_t < total) & (s_t >= 0)
     row = row_base + (s // n_sub) * L + t
     w = tl.load(inw_ptr + row, mask=valid, other=0.0)
-    kt = tl.load(k_ptr + row[:, None] * DK + dk[None, :], mask=valid[:, None] & (dk[None, :] < DK), other=0.0)
-    vt = tl.load(v_ptr + row[:, None] * DV + dv[None, :], mask=valid[:, None] & (dv[None, :] < DV), other=0.0)
+    kt = _rows(k_ptr, row, valid, dk, DK)
+    vt = _rows(v_ptr, row, valid, dv, DV)
     return kt, vt, w
 
 
@@ -138,8 +151,8 @@ def fwd_out_kernel(q_ptr, k_ptr, v_ptr, u_ptr, M_ptr, carry_ptr, floor_ptr, Cin_
     den = tl.zeros((BQ,), dtype=acc_dtype)
     for k0 in range(0, DK, BK):
         dk = k0 + tl.arange(0, BK)
-        qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=jm[:, None] & (dk[None, :] < DK), other=0.0)
-        Ct = tl.load(Cin_ptr + bc * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
+        qt = _rows(q_ptr, row0 + j, jm, dk, DK)
+        Ct = _rows(Cin_ptr + bc * DK * DV, dk, dk < DK, dv, DV)
         nt = tl.load(nin_ptr + bc * DK + dk, mask=dk < DK, other=0.0)
         num += _dot(qt, Ct.to(qt.dtype), PRECISION)
         den += tl.sum(qt.to(acc_dtype) * nt[None, :], axis=1)
@@ -151,17 +164,17 @@ def fwd_out_kernel(q_ptr, k_ptr, v_ptr, u_ptr, M_ptr, carry_ptr, floor_ptr, Cin_
         s = tl.zeros((BQ, BT), dtype=acc_dtype)
         for k0 in range(0, DK, BK):
             dk = k0 + tl.arange(0, BK)
-            qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=jm[:, None] & (dk[None, :] < DK), other=0.0)
-            kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=(t[:, None] < L) & (dk[None, :] < DK), other=0.0)
+            qt = _rows(q_ptr, row0 + j, jm, dk, DK)
+            kt = _rows(k_ptr, row0 + t, t < L, dk, DK)
             s += _dot(qt, tl.trans(kt), PRECISION)
         p = s * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)  # (BQ, BT)
         den += tl.sum(p, axis=1)
-        vt = tl.load(v_ptr + (row0 + t)[:, None] * DV + dv[None, :], mask=(t[:, None] < L) & (dv[None, :] < DV), other=0.0)
+        vt = _rows(v_ptr, row0 + t, t < L, dv, DV)
         num += _dot(p.to(vt.dtype), vt, PRECISION)
     floor = tl.load(floor_ptr + row0 + j, mask=jm, other=1.0)
     Q = tl.maximum(tl.abs(den), floor) + tl.load(eps_ptr)  # eps in the state dtype (a float arg would be fp32)
     h = num / Q[:, None]
-    tl.store(h_ptr + (row0 + j)[:, None] * DV + dv[None, :], h.to(h_ptr.dtype.element_ty), mask=jm[:, None] & (dv[None, :] < DV))
+    _store_rows(h_ptr, row0 + j, jm, dv, DV, h)
     if pv == 0:
         tl.store(den_ptr + row0 + j, den, mask=jm)
 
@@ -175,8 +188,8 @@ def _qdh_tile(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, row_base, s, n_sub, L,
     carry = tl.load(carry_ptr + row, mask=valid, other=0.0)
     rQ = tl.load(rQ_ptr + row, mask=valid, other=0.0)
     dden = tl.load(dden_ptr + row, mask=valid, other=0.0)
-    qt = tl.load(q_ptr + row[:, None] * DK + dk[None, :], mask=valid[:, None] & (dk[None, :] < DK), other=0.0)
-    dht = tl.load(dh_ptr + row[:, None] * DV + dv[None, :], mask=valid[:, None] & (dv[None, :] < DV), other=0.0)
+    qt = _rows(q_ptr, row, valid, dk, DK)
+    dht = _rows(dh_ptr, row, valid, dv, DV)
     return qt, dht, carry, rQ, dden
 
 
@@ -251,9 +264,8 @@ def bwd_prep_kernel(dh_ptr, h_ptr, den_ptr, floor_ptr, eps_ptr, rQ_ptr, dden_ptr
     dhh = tl.zeros((BR,), dtype=dden_ptr.dtype.element_ty)
     for v0 in range(0, DV, BV):
         dv = v0 + tl.arange(0, BV)
-        mask = rm[:, None] & (dv[None, :] < DV)
-        dht = tl.load(dh_ptr + r[:, None] * DV + dv[None, :], mask=mask, other=0.0)
-        ht = tl.load(h_ptr + r[:, None] * DV + dv[None, :], mask=mask, other=0.0)
+        dht = _rows(dh_ptr, r, rm, dv, DV)
+        ht = _rows(h_ptr, r, rm, dv, DV)
         dhh += tl.sum(dht.to(dhh.dtype) * ht.to(dhh.dtype), axis=1)
     den = tl.load(den_ptr + r, mask=rm, other=1.0)
     floor = tl.load(floor_ptr + r, mask=rm, other=1.0)
@@ -278,8 +290,8 @@ def _dP(dh_ptr, rQ_ptr, dden_ptr, v_ptr, row0, j, t, L, DV,
     dP = tl.zeros((BQ, BT), dtype=acc_dtype)
     for v0 in range(0, DV, BV):
         dv = v0 + tl.arange(0, BV)
-        dht = tl.load(dh_ptr + (row0 + j)[:, None] * DV + dv[None, :], mask=jm[:, None] & (dv[None, :] < DV), other=0.0)
-        vt = tl.load(v_ptr + (row0 + t)[:, None] * DV + dv[None, :], mask=(t[:, None] < L) & (dv[None, :] < DV), other=0.0)
+        dht = _rows(dh_ptr, row0 + j, jm, dv, DV)
+        vt = _rows(v_ptr, row0 + t, t < L, dv, DV)
         dP += _dot(dht.to(vt.dtype), tl.trans(vt), PRECISION)
     rQ = tl.load(rQ_ptr + row0 + j, mask=jm, other=0.0)
     dden = tl.load(dden_ptr + row0 + j, mask=jm, other=0.0)
@@ -305,8 +317,8 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
     dq = tl.zeros((BQ, BK), dtype=acc_dtype)
     for v0 in range(0, DV, BV):
         dv = v0 + tl.arange(0, BV)
-        dht = tl.load(dh_ptr + (row0 + j)[:, None] * DV + dv[None, :], mask=jm[:, None] & (dv[None, :] < DV), other=0.0)
-        Ct = tl.load(Cin_ptr + bc * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
+        dht = _rows(dh_ptr, row0 + j, jm, dv, DV)
+        Ct = _rows(Cin_ptr + bc * DK * DV, dk, dk < DK, dv, DV)
         dq += _dot((dht.to(acc_dtype) * rQ[:, None]).to(dot_dtype), tl.trans(Ct.to(dot_dtype)), PRECISION)
     dden = tl.load(dden_ptr + row0 + j, mask=jm, other=0.0)
     nt = tl.load(nin_ptr + bc * DK + dk, mask=dk < DK, other=0.0)
@@ -316,9 +328,9 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
         t = t0 + tl.arange(0, BT)
         dP = _dP(dh_ptr, rQ_ptr, dden_ptr, v_ptr, row0, j, t, L, DV, BQ, BT, BV, acc_dtype, PRECISION)
         ds = dP * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)
-        kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=(t[:, None] < L) & (dk[None, :] < DK), other=0.0)
+        kt = _rows(k_ptr, row0 + t, t < L, dk, DK)
         dq += _dot(ds.to(dot_dtype), kt, PRECISION)
-    tl.store(dq_ptr + (row0 + j)[:, None] * DK + dk[None, :], dq.to(dq_ptr.dtype.element_ty), mask=jm[:, None] & (dk[None, :] < DK))
+    _store_rows(dq_ptr, row0 + j, jm, dk, DK, dq)
 
 
 @triton.jit
@@ -341,8 +353,8 @@ def bwd_dk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, i
     acc = tl.zeros((BT, BK), dtype=acc_dtype)
     for v0 in range(0, DV, BV):  # state part: v_l dC̄_endᵀ
         dv = v0 + tl.arange(0, BV)
-        vt = tl.load(v_ptr + (row0 + t)[:, None] * DV + dv[None, :], mask=tm[:, None] & (dv[None, :] < DV), other=0.0)
-        dCt = tl.load(dCend_ptr + bc * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
+        vt = _rows(v_ptr, row0 + t, tm, dv, DV)
+        dCt = _rows(dCend_ptr + bc * DK * DV, dk, dk < DK, dv, DV)
         acc += _dot(vt, tl.trans(dCt.to(dot_dtype)), PRECISION)
     dnt = tl.load(dnend_ptr + bc * DK + dk, mask=dk < DK, other=0.0)
     inw = tl.load(inw_ptr + row0 + t, mask=tm, other=0.0)
@@ -351,10 +363,10 @@ def bwd_dk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, i
         j = j0 + tl.arange(0, BQ)
         dP = _dP(dh_ptr, rQ_ptr, dden_ptr, v_ptr, row0, j, t, L, DV, BQ, BT, BV, acc_dtype, PRECISION)
         ds = dP * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)  # (BQ, BT)
-        qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=(j[:, None] < L) & (dk[None, :] < DK), other=0.0)
+        qt = _rows(q_ptr, row0 + j, j < L, dk, DK)
         acc += _dot(tl.trans(ds.to(dot_dtype)), qt, PRECISION)
-    tl.store(dk_ptr + (row0 + t)[:, None] * DK + dk[None, :], acc.to(dk_ptr.dtype.element_ty), mask=tm[:, None] & (dk[None, :] < DK))
-    kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=tm[:, None] & (dk[None, :] < DK), other=0.0)
+    _store_rows(dk_ptr, row0 + t, tm, dk, DK, acc)
+    kt = _rows(k_ptr, row0 + t, tm, dk, DK)
     tl.store(du_ptr + pk * tl.num_programs(0) * L + row0 + t, tl.sum(acc * kt.to(acc_dtype), axis=1), mask=tm)
 
 
@@ -377,8 +389,8 @@ def bwd_dv_kernel(q_ptr, k_ptr, dh_ptr, rQ_ptr, u_ptr, M_ptr, inw_ptr, dCend_ptr
     acc = tl.zeros((BT, BV), dtype=acc_dtype)
     for k0 in range(0, DK, BK):  # state part: k_l dC̄_end
         dk = k0 + tl.arange(0, BK)
-        kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=tm[:, None] & (dk[None, :] < DK), other=0.0)
-        dCt = tl.load(dCend_ptr + bc * DK * DV + dk[:, None] * DV + dv[None, :], mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
+        kt = _rows(k_ptr, row0 + t, tm, dk, DK)
+        dCt = _rows(dCend_ptr + bc * DK * DV, dk, dk < DK, dv, DV)
         acc += _dot(kt, dCt.to(dot_dtype), PRECISION)
     inw = tl.load(inw_ptr + row0 + t, mask=tm, other=0.0)
     acc = acc * inw[:, None]
@@ -388,12 +400,12 @@ def bwd_dv_kernel(q_ptr, k_ptr, dh_ptr, rQ_ptr, u_ptr, M_ptr, inw_ptr, dCend_ptr
         s = tl.zeros((BQ, BT), dtype=acc_dtype)
         for k0 in range(0, DK, BK):
             dk = k0 + tl.arange(0, BK)
-            qt = tl.load(q_ptr + (row0 + j)[:, None] * DK + dk[None, :], mask=jm[:, None] & (dk[None, :] < DK), other=0.0)
-            kt = tl.load(k_ptr + (row0 + t)[:, None] * DK + dk[None, :], mask=tm[:, None] & (dk[None, :] < DK), other=0.0)
+            qt = _rows(q_ptr, row0 + j, jm, dk, DK)
+            kt = _rows(k_ptr, row0 + t, tm, dk, DK)
             s += _dot(qt, tl.trans(kt), PRECISION)
         p = s * _intra_weights(u_ptr, M_ptr, row0, j, t, L, tl.num_programs(0) * L)  # (BQ, BT)
         rQ = tl.load(rQ_ptr + row0 + j, mask=jm, other=0.0)
-        dht = tl.load(dh_ptr + (row0 + j)[:, None] * DV + dv[None, :], mask=jm[:, None] & (dv[None, :] < DV), other=0.0)
+        dht = _rows(dh_ptr, row0 + j, jm, dv, DV)
         dnum = (dht.to(acc_dtype) * rQ[:, None]).to(dot_dtype)
         acc += _dot(tl.trans(p.to(dot_dtype)), dnum, PRECISION)
-    tl.store(dv_ptr + (row0 + t)[:, None] * DV + dv[None, :], acc.to(dv_ptr.dtype.element_ty), mask=tm[:, None] & (dv[None, :] < DV))
+    _store_rows(dv_ptr, row0 + t, tm, dv, DV, acc)

@@ -85,7 +85,6 @@ class _Plan:
         self.inw = flat(torch.exp(g + st["u"] - st["m_chunk"][..., None] - half_log_dk))
         self.decay = torch.exp(st["g"] + st["m_prev"] - st["m_chunk"]).to(sdtype).contiguous()  # (BH, nc)
         self.floor = normaliser_floor(st["m_step"], sdtype).reshape(BH, -1).contiguous()
-        self.m_step = st["m_step"]
         self.m_last = st["m_chunk"][:, layout.last_chunks]  # (BH, D) float64
 
         first = torch.full((self.nc,), -1, dtype=torch.int32)
@@ -106,9 +105,7 @@ class _Plan:
         # fwd_out and dq own query tiles (BQ), dk and dv key tiles (BT)
         tiles_in_chunk = () if name.endswith("states") else (
             triton_cdiv(self.L, cfg["BQ" if name in ("fwd_out", "bwd_dq") else "BT"]),)
-        split = {"fwd_states": ("BK", "BV"), "bwd_states": ("BK", "BV"), "fwd_out": ("BV",), "bwd_dq": ("BK",),
-                 "bwd_dk": ("BK",), "bwd_dv": ("BV",)}[name]
-        dims = tuple(triton_cdiv(self.DK if t == "BK" else self.DV, cfg[t]) for t in split)
+        dims = tuple(triton_cdiv(self.DK if t == "BK" else self.DV, cfg[t]) for t in _HEAD_DIM_SPLITS[name])
         getattr(_kernels(), name + "_kernel")[(rows, *tiles_in_chunk, *dims)](*args, **cfg, PRECISION=self.precision)
 
     def states(self, C0, n0):
@@ -121,6 +118,10 @@ class _Plan:
                     Clast, nlast, nc, self.L, self.D, DK, DV)
         return Cin, nin, Clast, nlast
 
+
+# Which head dims each kernel's grid splits into tiles (its last grid axes).
+_HEAD_DIM_SPLITS = {"fwd_states": ("BK", "BV"), "bwd_states": ("BK", "BV"), "fwd_out": ("BV",), "bwd_dq": ("BK",),
+                    "bwd_dk": ("BK",), "bwd_dv": ("BV",)}
 
 # Tuning hook: {kernel name: {launch parameter: value}} applied over the defaults (benchmarks use it).
 CONFIG_OVERRIDES: dict[str, dict] = {}
