@@ -22,11 +22,35 @@ def test_mqar_and_lm_runs_write_results(tmp_path):
     assert main(["experiment", "mqar", "--model", "lstm", "--steps", "2", "--seq-len", "32", "--num-pairs", "2",
                  "--width", "16", "--batch-size", "4", "--out", str(tmp_path / "m")]) == 0
     r = json.loads((tmp_path / "m" / "results.json").read_text())
-    assert 0 <= r["accuracy"] <= 1 and r["num_pairs"] == 2
+    assert 0 <= r["accuracy"] <= 1 and r["num_pairs"] == 2 and r["vocab_size"] == 8192  # Zoology's by default
     assert main(["experiment", "lm", "--model", "transformer", "--steps", "2", "--width", "32",
                  "--out", str(tmp_path / "l")]) == 0
     r = json.loads((tmp_path / "l" / "results.json").read_text())
     assert r["val_bpb"] > 0 and r["curve"] and r["tokens"] == 2 * 16 * 128
+
+
+def test_mqar_vocab_size_reaches_the_run(tmp_path):
+    assert main(["experiment", "mqar", "--model", "transformer", "--steps", "1", "--seq-len", "16", "--num-pairs", "2",
+                 "--width", "16", "--batch-size", "2", "--vocab-size", "40", "--out", str(tmp_path / "m")]) == 0
+    r = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert r["vocab_size"] == 40
+    with pytest.raises(ValueError, match="vocab_size"):  # 8 ids: keys only from 1..3, too few for 4 pairs
+        main(["experiment", "mqar", "--model", "lstm", "--steps", "1", "--num-pairs", "4", "--vocab-size", "8",
+              "--out", str(tmp_path / "bad")])
+
+
+def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
+    """``table mqar --vocab-size --lr`` reach every cell's run; a reduced vocabulary gets its own folder, and a
+    finished cell with other settings is run again rather than counted as done."""
+    args = ["experiment", "table", "mqar", "--steps", "1", "--seeds", "1", "--jobs", "1", "--settings", "1",
+            "--widths", "16", "--batch-size", "2", "--models", "lstm", "--vocab-size", "64", "--out", str(tmp_path)]
+    result = tmp_path / "runs" / "mqar" / "L64_kv4_V64" / "d16" / "lstm" / "seed0" / "results.json"
+    assert main(args + ["--lr", "2e-3"]) == 0
+    r = json.loads(result.read_text())
+    assert r["vocab_size"] == 64 and r["optim"]["lr"] == 2e-3 and r["steps"] == 1
+    assert "vocabulary 64" in (tmp_path / "mqar.md").read_text()
+    assert main(args + ["--lr", "5e-4"]) == 0
+    assert json.loads(result.read_text())["optim"]["lr"] == 5e-4
 
 
 def test_table_from_finished_cells(tmp_path):

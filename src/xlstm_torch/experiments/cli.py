@@ -1,7 +1,7 @@
 """``xlstm experiment``: the small-scale evidence of the xLSTM paper, one command per run or table.
 
     xlstm experiment formal --task parity --model xlstm-0:1 [--steps N --seed S --out DIR]
-    xlstm experiment mqar --model xlstm-1:1 --seq-len 64 --num-pairs 4 --width 64 [--steps --seed --out]
+    xlstm experiment mqar --model xlstm-1:1 --seq-len 64 --num-pairs 4 --width 64 [--vocab-size --steps --seed --out]
     xlstm experiment lm --model transformer [--steps --seed --out]
     xlstm experiment table formal|mqar|lm [--budget-minutes M --jobs 2 --seeds 2 --out experiments]
 
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         p.add_argument("--out", default=None, help="folder for results.json (default runs/experiments/...)")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 
-    from .runner import FORMAL_CURRICULUM, FORMAL_LR
+    from .runner import FORMAL_CURRICULUM, FORMAL_LR, MQAR_LR, MQAR_VOCAB
     from .tasks import FORMAL_TASKS
 
     p = sub.add_parser("formal", help="one formal-language run (length generalisation)")
@@ -53,7 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--num-pairs", type=int, default=4)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=MQAR_LR)
+    p.add_argument("--vocab-size", type=int, default=MQAR_VOCAB,
+                   help="token ids, keys from the lower half, values from the upper (default %(default)s, Zoology's)")
     p.set_defaults(func=_mqar)
 
     p = sub.add_parser("lm", help="one language-modelling run on the embedded corpus (bits per byte)")
@@ -74,6 +76,8 @@ def register(subparsers) -> None:
     p.add_argument("--settings", type=int, default=4, help="mqar: how many of (64,4),(128,8),(256,16),(512,64)")
     p.add_argument("--widths", type=int, nargs="*", default=[64], help="mqar: model widths")
     p.add_argument("--batch-size", type=int, default=None, help="mqar: batch size (default 64)")
+    p.add_argument("--vocab-size", type=int, default=MQAR_VOCAB, help="mqar: vocabulary (default %(default)s, Zoology's)")
+    p.add_argument("--lr", type=float, default=MQAR_LR, help="mqar: peak learning rate (default %(default)s)")
     p.add_argument("--curriculum", type=float, default=FORMAL_CURRICULUM,
                    help="formal: length curriculum fraction (0: none; default %(default)s)")
     p.set_defaults(func=_table)
@@ -119,7 +123,8 @@ def _mqar(args) -> int:
 
     start = time.time()
     result = run_mqar(args.model, seq_len=args.seq_len, num_pairs=args.num_pairs, width=args.width, steps=args.steps,
-                      seed=args.seed, batch_size=args.batch_size, settings=OptimSettings(lr=args.lr),
+                      seed=args.seed, batch_size=args.batch_size, vocab_size=args.vocab_size,
+                      settings=OptimSettings(lr=args.lr),
                       eval_every=max(1, min(250, args.steps)), log=lambda s: print(s, file=sys.stderr))
     result["wall_seconds"] = round(time.time() - start, 1)
     return _finish(result, args.out or f"runs/experiments/mqar/{args.model}/seed{args.seed}")

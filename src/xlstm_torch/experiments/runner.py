@@ -28,7 +28,7 @@ from .tasks import IGNORE, MQARTask, batch_generator, get_task, mixed_length_bat
 from .zoo import build_matched, count_parameters
 
 __all__ = ["OptimSettings", "fit", "run_formal", "run_mqar", "TEST_LENGTHS", "FORMAL_LR", "FORMAL_CURRICULUM",
-           "write_json"]
+           "MQAR_LR", "MQAR_VOCAB", "write_json"]
 
 # Test lengths of the length-generalisation protocol: 40..256 on a grid (evaluating all 217 lengths would
 # cost as much as training on this CPU); the rescaled accuracy averages those above 40.
@@ -39,6 +39,10 @@ TEST_LENGTHS = (40, 48, 64, 80, 96, 128, 160, 192, 224, 256)
 # half of the steps and the higher peak lr (experiments/README.md has the runs that show it).
 FORMAL_LR = 3e-3
 FORMAL_CURRICULUM = 0.5
+
+# MQAR defaults of the Zoology protocol: vocabulary 8192, lr 1e-3 (Zoology sweeps 4 rates; one here).
+MQAR_VOCAB = 8192
+MQAR_LR = 1e-3
 
 
 @dataclass
@@ -167,8 +171,8 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 2000, seed: int 
 
 
 def run_mqar(model_name: str, *, seq_len: int = 64, num_pairs: int = 4, width: int = 64, steps: int = 2000,
-             seed: int = 0, batch_size: int = 64, vocab_size: int = 8192, num_blocks: int = 2, num_heads: int = 4,
-             slstm_num_heads: int = 4, test_examples: int = 512, eval_every: int = 250,
+             seed: int = 0, batch_size: int = 64, vocab_size: int = MQAR_VOCAB, num_blocks: int = 2,
+             num_heads: int = 4, slstm_num_heads: int = 4, test_examples: int = 512, eval_every: int = 250,
              settings: OptimSettings | None = None, log=None) -> dict:
     """One MQAR run at model width ``width`` (Zoology compares models at equal width), fresh training data every
     step (no fixed 100k-example training set), ``test_examples`` held-out examples."""

@@ -2,8 +2,9 @@
 at most ``jobs`` runs at a time with one thread each, keep each run's results.json, and write a Markdown table
 (mean and spread over seeds) and a plot into the output folder.
 
-A cell whose results.json exists is not run again, so an interrupted sweep resumes. Cells that the budget did
-not reach are listed as missing in the table, never filled in.
+A cell whose results.json exists and was run with the cell's settings is not run again, so an interrupted sweep
+resumes; one run with other settings (steps, batch size, vocabulary, learning rate, ...) is run again. Cells that the
+budget did not reach are listed as missing in the table, never filled in.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 __all__ = ["TABLES", "run_table"]
@@ -55,14 +57,20 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
                               curriculum=getattr(args, "curriculum", FORMAL_CURRICULUM))
                     cells.append(("formal", kw, f"{task}/{model}/seed{seed}"))
     elif name == "mqar":
+        from .runner import MQAR_LR, MQAR_VOCAB, OptimSettings
+
         settings = [(64, 4), (128, 8), (256, 16), (512, 64)][: args.settings]
+        vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
+        # a reduced vocabulary is a different task: its runs get their own folders (Zoology's 8192 keeps the old ones)
+        tag = "" if vocab == MQAR_VOCAB else f"_V{vocab}"
         for seq_len, pairs in settings:
             for width in args.widths:
                 for model in args.models or MQAR_MODELS:
                     for seed in seeds:
                         kw = dict(model_name=model, seq_len=seq_len, num_pairs=pairs, width=width, seed=seed,
-                                  steps=args.steps or 1500, batch_size=getattr(args, "batch_size", None) or 64)
-                        cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}/d{width}/{model}/seed{seed}"))
+                                  steps=args.steps or 1500, batch_size=getattr(args, "batch_size", None) or 64,
+                                  vocab_size=vocab, settings=OptimSettings(lr=getattr(args, "lr", None) or MQAR_LR))
+                        cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}{tag}/d{width}/{model}/seed{seed}"))
     else:
         for model in args.models or LM_MODELS:
             for seed in seeds:
@@ -77,7 +85,7 @@ def run_table(name: str, args, log=print) -> Path:
     cells = _cells(name, args)
     deadline = time.time() + args.budget_minutes * 60
     start = time.time()
-    todo = [c for c in cells if not (runs / c[2] / "results.json").exists()]
+    todo = [c for c in cells if not _done(runs / c[2], c[1])]
     log(f"{name}: {len(cells)} cells, {len(cells) - len(todo)} already done, budget {args.budget_minutes} min, "
         f"{args.jobs} at a time")
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -95,9 +103,8 @@ def run_table(name: str, args, log=print) -> Path:
                 log(f"  done {key}  ({time.time() - start:.0f}s)")
             except Exception as err:  # a failed cell is reported in the table, the sweep goes on
                 log(f"  FAILED {key}: {err}")
-    results = [json.loads((runs / c[2] / "results.json").read_text())
-               for c in cells if (runs / c[2] / "results.json").exists()]
-    missing = [c[2] for c in cells if not (runs / c[2] / "results.json").exists()]
+    results = [json.loads((runs / c[2] / "results.json").read_text()) for c in cells if _done(runs / c[2], c[1])]
+    missing = [c[2] for c in cells if not _done(runs / c[2], c[1])]
     text = _WRITERS[name](results, out)
     if missing:
         text += f"\nMissing cells (budget reached or failed): {', '.join(missing)}\n"
@@ -105,6 +112,19 @@ def run_table(name: str, args, log=print) -> Path:
     path.write_text(text)
     log(f"wrote {path} ({time.time() - start:.0f}s)")
     return path
+
+
+def _done(folder: Path, kwargs: dict) -> bool:
+    """Whether ``folder`` holds the results.json of a run with ``kwargs``: every argument the result records
+    (steps, batch size, vocabulary, ...; the optimizer settings as "optim") must be equal."""
+    path = folder / "results.json"
+    if not path.exists():
+        return False
+    result = json.loads(path.read_text())
+    recorded = dict(kwargs)
+    if "settings" in recorded:
+        recorded["optim"] = asdict(recorded.pop("settings"))
+    return all(result[k] == v for k, v in recorded.items() if k in result)
 
 
 def _wait_first(pending):
@@ -174,10 +194,13 @@ def _mqar_table(results, out: Path) -> str:
     groups = _group(results, "seq_len", "num_pairs", "width", "model")
     models = list(dict.fromkeys(r["model"] for r in results))
     settings = sorted({(r["seq_len"], r["num_pairs"], r["width"]) for r in results})
+    vocabs = sorted({r["vocab_size"] for r in results})
     lines = ["| (seq len, kv pairs) | width | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for s in settings:
         cells = [_mean_spread([r["accuracy"] for r in groups.get((*s, m), [])]) for m in models]
         lines.append(f"| ({s[0]}, {s[1]}) | {s[2]} | " + " | ".join(cells) + " |")
+    params = {m: sorted({r["parameters"] for r in results if r["model"] == m}) for m in models}
+    steps = {m: sorted({r["steps_run"] for r in results if r["model"] == m}) for m in models}
     plt = _plt()
     if plt:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -191,7 +214,10 @@ def _mqar_table(results, out: Path) -> str:
         ax.legend(fontsize=6)
         fig.savefig(out / "mqar.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-    return "MQAR accuracy at the answer positions, mean ± half-range over seeds.\n\n" + "\n".join(lines) + "\n"
+    return (f"MQAR accuracy at the answer positions (vocabulary {', '.join(map(str, vocabs))}), mean ± half-range over "
+            "seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
+            + "\n\nSteps run (early stop at validation accuracy 1.0): "
+            + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n")
 
 
 def _lm_table(results, out: Path) -> str:
