@@ -190,3 +190,33 @@ def test_mixed_length_batch_bad_arguments_are_named():
         mixed_length_batch(task, batch_generator(0, 0, 0), 4, 5, 3)
     with pytest.raises(ValueError, match="batch"):
         mixed_length_batch(task, batch_generator(0, 0, 0), 0, 3, 5)
+
+
+class _LookupModel(torch.nn.Module):
+    """Answers MQAR by looking the queried key up in the pairs at the start (one-hot logits); with ``last_only``
+    it answers only the last query of each row and says 0 elsewhere."""
+
+    def __init__(self, num_pairs, vocab_size, last_only=False):
+        super().__init__()
+        self.num_pairs, self.vocab_size, self.last_only = num_pairs, vocab_size, last_only
+
+    def forward(self, inputs, return_state=False):
+        B, S = inputs.shape
+        answer = torch.zeros(B, S, dtype=torch.long)
+        for b, row in enumerate(inputs.tolist()):
+            memory = dict(zip(row[0:2 * self.num_pairs:2], row[1:2 * self.num_pairs:2]))
+            queried = [p for p in range(2 * self.num_pairs, S) if row[p] in memory and p % 2 == 0]
+            for p in queried[-1:] if self.last_only else queried:
+                answer[b, p] = memory[row[p]]
+        return torch.nn.functional.one_hot(answer, self.vocab_size).float(), None
+
+
+def test_mqar_accuracy_by_query_rank():
+    from xlstm_torch.experiments.runner import accuracy_by_query_rank
+
+    task = MQARTask(32, 4, vocab_size=64)
+    batches = [task.sample(batch_generator(0, 0, j), 8) for j in range(2)]
+    assert accuracy_by_query_rank(_LookupModel(4, 64), batches, 64, 4) == [1.0, 1.0, 1.0, 1.0]
+    assert accuracy_by_query_rank(_LookupModel(4, 64, last_only=True), batches, 64, 4) == [0.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="num_queries"):
+        accuracy_by_query_rank(_LookupModel(4, 64), batches, 64, 3)

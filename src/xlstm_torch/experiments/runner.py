@@ -27,8 +27,8 @@ from xlstm_torch.training.optim import build_optimizer, lr_at
 from .tasks import IGNORE, MQARTask, batch_generator, get_task, mixed_length_batch, rescaled
 from .zoo import build_matched, count_parameters
 
-__all__ = ["OptimSettings", "fit", "run_formal", "run_mqar", "TEST_LENGTHS", "FORMAL_LR", "FORMAL_CURRICULUM",
-           "MQAR_LR", "MQAR_VOCAB", "write_json"]
+__all__ = ["OptimSettings", "accuracy_by_query_rank", "fit", "run_formal", "run_mqar", "TEST_LENGTHS", "FORMAL_LR",
+           "FORMAL_CURRICULUM", "MQAR_LR", "MQAR_VOCAB", "write_json"]
 
 # Test lengths of the length-generalisation protocol: 40..256 on a grid (evaluating all 217 lengths would
 # cost as much as training on this CPU); the rescaled accuracy averages those above 40.
@@ -77,6 +77,27 @@ def accuracy(model, batches, num_classes) -> float:
         total += answers.numel()
     model.train()
     return right / max(total, 1)
+
+
+@torch.no_grad()
+def accuracy_by_query_rank(model, batches, num_classes, num_queries: int) -> list[float]:
+    """MQAR accuracy of the 1st, 2nd, ... scored position of each row (the queries in order of position).
+
+    Every key is queried once, so the last query can be answered without recall, by naming the one value not yet
+    restated; real recall shows as a high accuracy at the first query too."""
+    model.eval()
+    right = torch.zeros(num_queries)
+    total = 0
+    for inputs, targets in batches:
+        logits, _ = model(inputs, return_state=False)  # (B, S, V)
+        mask = targets != IGNORE
+        if not bool((mask.sum(1) == num_queries).all()):
+            raise ValueError(f"num_queries {num_queries} differs from the scored positions per row")
+        hits = logits[..., :num_classes].argmax(-1) == targets  # (B, S)
+        right += hits[mask].view(-1, num_queries).float().sum(0)  # boolean indexing keeps row-major order
+        total += inputs.shape[0]
+    model.train()
+    return (right / max(total, 1)).tolist()
 
 
 def fit(model, sample: Callable[[int], tuple], val_batches: list, num_classes: int, *, steps: int,
@@ -194,6 +215,7 @@ def run_mqar(model_name: str, *, seq_len: int = 64, num_pairs: int = 4, width: i
     return {"task": "mqar", "model": model_name, "seed": seed, "seq_len": seq_len, "num_pairs": num_pairs,
             "width": width, "parameters": count_parameters(model), "vocab_size": vocab_size, "steps": steps,
             "batch_size": batch_size, "accuracy": accuracy(model, tests, task.num_classes),
+            "accuracy_by_query_rank": accuracy_by_query_rank(model, tests, task.num_classes, num_pairs),
             "optim": asdict(settings), **result}
 
 
