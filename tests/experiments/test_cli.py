@@ -48,9 +48,17 @@ def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
     assert main(args + ["--lr", "2e-3"]) == 0
     r = json.loads(result.read_text())
     assert r["vocab_size"] == 64 and r["optim"]["lr"] == 2e-3 and r["steps"] == 1
-    assert "vocabulary 64" in (tmp_path / "mqar.md").read_text()
+    text = (tmp_path / "mqar.md").read_text()
+    assert "vocabulary 64" in text and "| (64, 4) | 16 | lstm | " in text  # the by-query-rank table
+    assert (tmp_path / "mqar.png").exists() == (_has_matplotlib())
     assert main(args + ["--lr", "5e-4"]) == 0
     assert json.loads(result.read_text())["optim"]["lr"] == 5e-4
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def test_table_from_finished_cells(tmp_path):

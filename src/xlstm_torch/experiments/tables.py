@@ -201,23 +201,41 @@ def _mqar_table(results, out: Path) -> str:
         lines.append(f"| ({s[0]}, {s[1]}) | {s[2]} | " + " | ".join(cells) + " |")
     params = {m: sorted({r["parameters"] for r in results if r["model"] == m}) for m in models}
     steps = {m: sorted({r["steps_run"] for r in results if r["model"] == m}) for m in models}
+    ranked = _group([r for r in results if "accuracy_by_query_rank" in r], "seq_len", "num_pairs", "width", "model")
+    rank_lines = []
+    if ranked:  # the last query can be answered by elimination; recall shows at the first
+        most = max(key[1] for key in ranked)
+        rank_lines = ["", "Accuracy by query rank (q1 = the earliest query of a row; the last one can be answered by "
+                      "elimination, recall shows at q1), mean over seeds:", "",
+                      "| (seq len, kv pairs) | width | model | " + " | ".join(f"q{j + 1}" for j in range(most)) + " |",
+                      "|---|---|---|" + "---|" * most]
+        for (L, kv, w, m), rs in sorted(ranked.items()):
+            means = [statistics.fmean(r["accuracy_by_query_rank"][j] for r in rs) for j in range(kv)]
+            rank_lines.append(f"| ({L}, {kv}) | {w} | {m} | " + " | ".join(f"{a:.2f}" for a in means) + " |")
     plt = _plt()
     if plt:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for (L, kv) in sorted({(s[0], s[1]) for s in settings}):
-            for m in models:
-                pts = [(w, statistics.fmean(r["accuracy"] for r in groups[(L, kv, w, m)]))
-                       for (l2, k2, w) in settings if (l2, k2) == (L, kv) and (L, kv, w, m) in groups]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=f"{m} ({L},{kv})")
-        ax.set(xlabel="model width", ylabel="accuracy", xscale="log", title="MQAR")
+        if len({s[2] for s in settings}) > 1:  # accuracy against width, one line per model and setting
+            for (L, kv) in sorted({(s[0], s[1]) for s in settings}):
+                for m in models:
+                    pts = [(w, statistics.fmean(r["accuracy"] for r in groups[(L, kv, w, m)]))
+                           for (l2, k2, w) in settings if (l2, k2) == (L, kv) and (L, kv, w, m) in groups]
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", label=f"{m} ({L},{kv})")
+            ax.set(xlabel="model width", ylabel="accuracy", xscale="log", title="MQAR")
+        else:  # one width: validation accuracy during training, one line per run
+            for j, ((L, kv, w, m), rs) in enumerate(sorted(groups.items())):
+                for k, r in enumerate(rs):
+                    ax.plot([h["step"] for h in r["history"]], [h["val_accuracy"] for h in r["history"]],
+                            color=f"C{j}", marker=".", label=f"{m} ({L},{kv})" if k == 0 else None)
+            ax.set(xlabel="training step", ylabel="validation accuracy", title=f"MQAR, width {settings[0][2]}")
         ax.legend(fontsize=6)
         fig.savefig(out / "mqar.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
     return (f"MQAR accuracy at the answer positions (vocabulary {', '.join(map(str, vocabs))}), mean ± half-range over "
             "seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
             + "\n\nSteps run (early stop at validation accuracy 1.0): "
-            + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n")
+            + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n" + "\n".join(rank_lines) + "\n")
 
 
 def _lm_table(results, out: Path) -> str:

@@ -51,7 +51,10 @@ def model_config(name: str, vocab_size: int, width: int, *, num_blocks: int = 2,
     if name == "mamba":
         from xlstm_torch.models.mamba import MambaConfig
 
-        return MambaConfig(vocab_size=vocab_size, d_model=width, num_blocks=num_blocks)
+        # chunk_size 1 = the scan step by step (the same recurrence): on one CPU thread at these sizes it is the
+        # fastest (MQAR, B 64, S 64, D 64: 0.43 s/step vs 4.1 s/step at the default chunk of 64, whose parallel
+        # scan materialises (B, 64, E, N) tensors log2(64) times)
+        return MambaConfig(vocab_size=vocab_size, d_model=width, num_blocks=num_blocks, chunk_size=1)
     from xlstm_torch.models.lstm import LSTMConfig
 
     return LSTMConfig(vocab_size=vocab_size, hidden_size=width, num_layers=num_blocks)
