@@ -161,7 +161,8 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         scores = _flat(q_row @ kw.transpose(-1, -2)).tril_()  # (BH nc, L, L)
         if fac["unsafe"] is not None:
             scores[fac["unsafe"]] = 0.0
-        num = torch.baddbmm(_flat(qc * fac["carry"][..., None]) @ _flat(fw.C_in), scores, _flat(vc))  # (BH nc, L, DV+1)
+        # In-place accumulation (baddbmm_) throughout: out-of-place baddbmm first copies its addend.
+        num = (_flat(qc * fac["carry"][..., None]) @ _flat(fw.C_in)).baddbmm_(scores, _flat(vc))  # (BH nc, L, DV+1)
         if fac["unsafe"] is not None:
             num[fac["unsafe"]] += _intra_unsafe(qc, kc, vc, st, fac["unsafe"])
         den = num[..., DV]  # (BH nc, L)
@@ -214,11 +215,11 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         if fac["unsafe"] is not None:
             dscores[fac["unsafe"]] = 0.0
             scores[fac["unsafe"]] = 0.0
-        dq = torch.baddbmm(dq, dscores, _flat(kw))
+        dq.baddbmm_(dscores, _flat(kw))
         # The chunk's own inflow to the state it leaves: inflow_k kwᵀ v.
         dC_inflow = _flat(dC_inflow)  # (BH nc, DK, DV+1) gradient on the chunk's unweighted update kwᵀ v
-        dkw = torch.baddbmm(dscores.transpose(-1, -2) @ _flat(qc), _flat(vc), dC_inflow.transpose(-1, -2))
-        dv = torch.baddbmm(scores.transpose(-1, -2) @ dnum_row, _flat(kw), dC_inflow)[..., :DV]
+        dkw = (dscores.transpose(-1, -2) @ _flat(qc)).baddbmm_(_flat(vc), dC_inflow.transpose(-1, -2))
+        dv = (scores.transpose(-1, -2) @ dnum_row).baddbmm_(_flat(kw), dC_inflow)[..., :DV]
         dk = dkw * fac["w"].view(-1, L, 1)
         du = (dkw * _flat(kw)).sum(-1)  # (BH nc, L)  kw_l ∝ exp(u_l)
         if fac["unsafe"] is not None:
