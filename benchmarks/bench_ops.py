@@ -62,6 +62,7 @@ from typing import Callable
 import torch
 
 import xlstm_torch
+from xlstm_torch.allocator import tune_cpu_allocator
 from xlstm_torch.ops import mlstm, slstm
 from xlstm_torch.ops.slstm_cell import select_backend as slstm_default_backend
 
@@ -309,6 +310,21 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def add_malloc_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                   help="C allocator for every row, ours and the peers' alike: tuned (xlstm_torch.tune_cpu_allocator, "
+                        "what the xlstm command line uses) or the C library's defaults (default: tuned)")
+
+
+def apply_malloc(choice: str) -> str:
+    """Set the allocator for this process and (through the environment) its memory children; a header phrase."""
+    if choice == "default":
+        os.environ["XLSTM_TORCH_MALLOC"] = "default"
+    if tune_cpu_allocator():
+        return "C allocator tuned (xlstm_torch.tune_cpu_allocator) for every row"
+    return "C allocator at the C library's defaults"
+
+
 def child_env() -> dict[str, str]:
     """Environment for a child process that must import the same xlstm_torch as this one, installed or not."""
     return dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -421,6 +437,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "jobs, 1 thread is steadier: a multi-threaded op waits for every thread's core")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="time mlstm_kernels / xlstm when installed")
+    add_malloc_argument(p)
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = args.quick
@@ -546,7 +563,7 @@ def run(args: argparse.Namespace) -> str:
         f"{mm_gflops:.1f} GFLOP/s (median of {len(mm.samples)}, interleaved with the cases; the samples span "
         f"{mm.gflops(max(mm.samples)):.0f}–{mm.gflops(min(mm.samples)):.0f}, a gauge of the machine's noise; "
         f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). "
-        f"Median of {args.repeats} calls after one warm-up; chunk size L={L}. "
+        f"Median of {args.repeats} calls after one warm-up; chunk size L={L}; {args.malloc_note}. "
         "tok/s = B·S / seconds per call; ours/peer = our tok/s ÷ the peer's (> 1: ours faster).",
         "",
         "",
@@ -586,6 +603,7 @@ def _cpu_name() -> str:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
+    args.malloc_note = apply_malloc(args.malloc)
     if args.memory_child:
         spec = json.loads(args.memory_child)
         torch.set_num_threads(spec["threads"])

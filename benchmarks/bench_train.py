@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_ops next to this file
-from bench_ops import (PEER_INSTALL, MatmulReference, _cpu_name, _seconds, _status_kib, child_env,  # noqa: E402
-                       reset_peak_rss)
+from bench_ops import (PEER_INSTALL, MatmulReference, _cpu_name, _seconds, _status_kib, add_malloc_argument,  # noqa: E402
+                       apply_malloc, child_env, reset_peak_rss)
 
 from xlstm_torch.models import XLSTMConfig, XLSTMLanguageModel  # noqa: E402
 
@@ -375,6 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="time the xlstm package when installed")
+    add_malloc_argument(p)
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = args.quick
@@ -448,7 +449,7 @@ def run(args: argparse.Namespace) -> str:
         f"Reference fp32 matmul {args.matmul_size}³: {mm_gflops:.1f} GFLOP/s (median of {len(mm.samples)}, "
         f"interleaved with the steps; samples span {mm.gflops(max(mm.samples)):.0f}–{mm.gflops(min(mm.samples)):.0f}; "
         f"1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). "
-        f"Median of {args.repeats} steps after one warm-up, models taking turns. tok/s = B·S / seconds per step; "
+        f"Median of {args.repeats} steps after one warm-up, models taking turns; {args.malloc_note}. tok/s = B·S / seconds per step; "
         f"GFLOP/s counts 6·params + the mLSTM cells' work (L={FLOP_CHUNK}) per token; ours/peer tok/s > 1: ours "
         f"faster; peer/ours step peak > 1: ours uses less memory.",
         "",
@@ -463,6 +464,7 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
+    args.malloc_note = apply_malloc(args.malloc)
     if args.memory_child:
         spec = json.loads(args.memory_child)
         torch.set_num_threads(spec["threads"])

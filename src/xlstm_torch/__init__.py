@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 from xlstm_torch import ops  # noqa: E402,F401
 
 # Lazy: ``import xlstm_torch`` stays light; the models and checkpoint I/O (safetensors) load on first use.
-_LAZY_EXPORTS = {"from_preset": "xlstm_torch.models", "load_pretrained": "xlstm_torch.checkpoint"}
+_LAZY_EXPORTS = {"from_preset": "xlstm_torch.models", "load_pretrained": "xlstm_torch.checkpoint",
+                 "tune_cpu_allocator": "xlstm_torch.allocator"}
 
 
 def __getattr__(name: str):
@@ -22,4 +23,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'xlstm_torch' has no attribute {name!r}")
 
 
-__all__ = ["ops", "from_preset", "load_pretrained", "__version__"]
+__all__ = ["ops", "from_preset", "load_pretrained", "tune_cpu_allocator", "__version__"]

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 import xlstm_torch
+from xlstm_torch.allocator import tune_cpu_allocator
 
 _SUBCOMMAND_MODULES = ["xlstm_torch.training.cli", "xlstm_torch.training.tokenizer_cli", "xlstm_torch.generate_cli",
                        "xlstm_torch.demo", "xlstm_torch.experiments.cli"]
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # This process is ours: keep freed tensor memory for the next step (xlstm_torch/allocator.py).
+    tune_cpu_allocator()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

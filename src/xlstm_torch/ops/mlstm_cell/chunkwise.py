@@ -161,7 +161,8 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         scores = _flat(q_row @ kw.transpose(-1, -2)).tril_()  # (BH nc, L, L)
         if fac["unsafe"] is not None:
             scores[fac["unsafe"]] = 0.0
-        num = torch.baddbmm(_flat(qc * fac["carry"][..., None]) @ _flat(fw.C_in), scores, _flat(vc))  # (BH nc, L, DV+1)
+        # In-place accumulation (baddbmm_) throughout: out-of-place baddbmm first copies its addend.
+        num = (_flat(qc * fac["carry"][..., None]) @ _flat(fw.C_in)).baddbmm_(scores, _flat(vc))  # (BH nc, L, DV+1)
         if fac["unsafe"] is not None:
             num[fac["unsafe"]] += _intra_unsafe(qc, kc, vc, st, fac["unsafe"])
         den = num[..., DV]  # (BH nc, L)
@@ -214,11 +215,11 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         if fac["unsafe"] is not None:
             dscores[fac["unsafe"]] = 0.0
             scores[fac["unsafe"]] = 0.0
-        dq = torch.baddbmm(dq, dscores, _flat(kw))
+        dq.baddbmm_(dscores, _flat(kw))
         # The chunk's own inflow to the state it leaves: inflow_k kwᵀ v.
         dC_inflow = _flat(dC_inflow)  # (BH nc, DK, DV+1) gradient on the chunk's unweighted update kwᵀ v
-        dkw = torch.baddbmm(dscores.transpose(-1, -2) @ _flat(qc), _flat(vc), dC_inflow.transpose(-1, -2))
-        dv = torch.baddbmm(scores.transpose(-1, -2) @ dnum_row, _flat(kw), dC_inflow)[..., :DV]
+        dkw = (dscores.transpose(-1, -2) @ _flat(qc)).baddbmm_(_flat(vc), dC_inflow.transpose(-1, -2))
+        dv = (scores.transpose(-1, -2) @ dnum_row).baddbmm_(_flat(kw), dC_inflow)[..., :DV]
         dk = dkw * fac["w"].view(-1, L, 1)
         du = (dkw * _flat(kw)).sum(-1)  # (BH nc, L)  kw_l ∝ exp(u_l)
         if fac["unsafe"] is not None:
@@ -337,19 +338,23 @@ def _scan_states(kw, vc, fac, C0, chunk_bounds):
     """C_in[:, k] is the state entering chunk k; C_last[:, d] the state after document d's last chunk.
 
     kw: (BH, nc, L, DK); vc: (BH, nc, L, DV+1); C0: (BH, D, DK, DV+1) each document's initial state.
-    C̄_{k+1} = decay_k C̄_k + inflow_k kw_kᵀ v_k within a document, the per-chunk weights applied
-    inside the scan; a document's first chunk takes the document's initial state instead.
+    C̄_{k+1} = decay_k C̄_k + inflow_k kw_kᵀ v_k within a document; a document's first chunk takes the
+    document's initial state instead. The inflow weights are applied to all updates in one op and the
+    per-chunk views are taken once (``unbind``), so each step of the loop is a single fused op: the
+    loop is dispatch-bound at small head dims.
     """
     BH, nc = kw.shape[:2]
     update = kw.transpose(-1, -2) @ vc  # (BH, nc, DK, DV+1)
+    update.mul_(fac["inflow"][..., None, None])
     C_in = C0.new_empty(BH, nc, *C0.shape[2:])
     C_last = torch.empty_like(C0)
-    decay, inflow = fac["decay"][..., None, None], fac["inflow"][..., None, None]
+    states, updates = C_in.unbind(1), update.unbind(1)
+    decay = fac["decay"][..., None, None].unbind(1)
     for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
-        C_in[:, k0] = C0[:, d]
+        states[k0].copy_(C0[:, d])
         for kk in range(k0, k1 - 1):
-            torch.mul(C_in[:, kk], decay[:, kk], out=C_in[:, kk + 1]).addcmul_(update[:, kk], inflow[:, kk])
-        torch.addcmul(C_in[:, k1 - 1] * decay[:, k1 - 1], update[:, k1 - 1], inflow[:, k1 - 1], out=C_last[:, d])
+            torch.addcmul(updates[kk], states[kk], decay[kk], out=states[kk + 1])
+        torch.addcmul(updates[k1 - 1], states[k1 - 1], decay[k1 - 1], out=C_last[:, d])
     return C_in, C_last
 
 
@@ -359,17 +364,16 @@ def _scan_state_grads(into_state, dC_last, fac, chunk_bounds):
     Returns the gradient on the state leaving each chunk (BH, nc, DK, DV+1), the same times the
     chunk's inflow weight (the gradient on its update kwᵀ v), and the gradient on C0 (BH, D, DK, DV+1).
     """
-    decay, inflow = fac["decay"][..., None, None], fac["inflow"][..., None, None]
     dC_end = torch.empty_like(into_state)
-    dC_inflow = torch.empty_like(into_state)
     dC0 = torch.empty_like(dC_last)
+    ends, into = dC_end.unbind(1), into_state.unbind(1)
+    decay = fac["decay"][..., None, None].unbind(1)
     for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
-        dC_end[:, k1 - 1] = dC_last[:, d]
+        ends[k1 - 1].copy_(dC_last[:, d])
         for kk in range(k1 - 1, k0, -1):
-            torch.mul(dC_end[:, kk], inflow[:, kk], out=dC_inflow[:, kk])
-            torch.addcmul(into_state[:, kk], dC_end[:, kk], decay[:, kk], out=dC_end[:, kk - 1])
-        torch.mul(dC_end[:, k0], inflow[:, k0], out=dC_inflow[:, k0])
-        torch.addcmul(into_state[:, k0], dC_end[:, k0], decay[:, k0], out=dC0[:, d])
+            torch.addcmul(into[kk], ends[kk], decay[kk], out=ends[kk - 1])
+        torch.addcmul(into[k0], ends[k0], decay[k0], out=dC0[:, d])
+    dC_inflow = dC_end * fac["inflow"][..., None, None]
     return dC_end, dC_inflow, dC0
 
 
