@@ -6,7 +6,7 @@ once more than a trim threshold is free. A training step allocates and frees hun
 multi-megabyte activations and gradients in changing sizes, so glibc keeps unmapping memory that the
 next step maps again, and every page of it faults in and is zeroed by the kernel anew. On the 2-core
 machine this library is developed on that was ~2 s of kernel time per 5 steps of the benchmark model
-(D 256, 4 blocks, B 8 x S 512) and the step ran 17-23% faster with the settings below (measured
+(D 256, 4 blocks, B 8 x S 512) and the step ran 17-25% faster with the settings below (measured
 side by side; benchmarks/RESULTS.md, "CPU: the C allocator setting").
 
 ``tune_cpu_allocator`` raises the mmap threshold to 32 MiB (glibc's own ceiling for its dynamic
