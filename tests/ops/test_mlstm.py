@@ -205,8 +205,27 @@ def test_backend_none_choice():
     assert select_backend(1, torch.device("cpu"), False) == "recurrent"
     assert select_backend(2, torch.device("cpu"), True) == "chunkwise"
     assert select_backend(5000, torch.device("cpu"), False) == "chunkwise"
+    cpu = torch.device("cpu")
+    # short sequences relative to the head dims run the parallel form: S (DK + DV) <= 2 DK DV
+    assert select_backend(40, cpu, True, 160, 160) == "parallel"
+    assert select_backend(64, cpu, False, 64, 64) == "parallel"
+    assert select_backend(65, cpu, True, 64, 64) == "chunkwise"
+    assert select_backend(42, cpu, True, 32, 64) == "parallel"
+    assert select_backend(43, cpu, True, 32, 64) == "chunkwise"
+    assert select_backend(600, cpu, True, 1024, 1024) == "chunkwise"  # S x S matrices capped at PARALLEL_MAX_S
     inputs = [x.detach() for x in make_inputs(S=20)]
     assert_close(mlstm(*inputs), mlstm(*inputs, backend="reference"), 1e-10, "h")
+
+
+@pytest.mark.parametrize("S, DK, DV, expected", [(24, 32, 32, "parallel"), (40, 16, 16, "chunkwise")])
+def test_backend_none_runs_its_choice(S, DK, DV, expected):
+    """mlstm(backend=None) gives bit for bit what the backend select_backend names gives, state included."""
+    q, k, v, i, f = (x.detach() for x in make_inputs(B=2, NH=2, S=S, DK=DK, DV=DV, dtype=torch.float32))
+    h, state = mlstm(q, k, v, i, f, return_state=True)
+    h_named, state_named = mlstm(q, k, v, i, f, return_state=True, backend=expected)
+    assert torch.equal(h, h_named)
+    for a, b in zip(state, state_named):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize(

@@ -50,9 +50,10 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
         from .tasks import FORMAL_TASKS
 
         tasks = args.tasks or list(FORMAL_TASKS)
-        for task in tasks:
-            for model in args.models or FORMAL_MODELS:
-                for seed in seeds:
+        # seed-major: a sweep cut short by its budget has one seed of every task before the second of any
+        for seed in seeds:
+            for task in tasks:
+                for model in args.models or FORMAL_MODELS:
                     kw = dict(task_name=task, model_name=model, seed=seed, steps=args.steps or 2000,
                               curriculum=getattr(args, "curriculum", FORMAL_CURRICULUM))
                     cells.append(("formal", kw, f"{task}/{model}/seed{seed}"))

@@ -33,19 +33,30 @@ TRITON_CHUNK_SIZE = 128  # fastest of 64/128/256 on an H200 at 2k-64k context (b
 STEP_BACKENDS = ("recurrent", "triton")  # what mlstm_step runs: the torch step, or the fused kernel
 
 
-def select_backend(S: int, device: torch.device, requires_grad: bool) -> str:
-    """What ``backend=None`` runs (measured in benchmarks/bench_ops.py and bench_triton.py).
+PARALLEL_MAX_S = 512  # the parallel form holds (B, NH, S, S) float64 decay matrices: never above this
+
+
+def select_backend(S: int, device: torch.device, requires_grad: bool, DK: int | None = None,
+                   DV: int | None = None) -> str:
+    """What ``backend=None`` runs (measured in benchmarks/bench_ops.py, bench_backend_choice.py and
+    bench_triton.py).
 
     - CUDA tensors with Triton installed: the Triton kernels.
     - S == 1: the recurrent step (decoding; O(1) per token).
-    - otherwise: chunkwise. It is linear in S in time and memory, and for S <= chunk size it is
-      one chunk, i.e. the parallel form without the S x S exponentials, so it wins there too.
-    The quadratic parallel form is never picked automatically.
+    - short sequences relative to the head dims, S (DK + DV) <= 2 DK DV (S <= D for DK = DV = D), given
+      DK and DV: the parallel form. Its cost is S² (DK + DV) per head; the chunkwise form's is dominated
+      by the chunk states, S DK DV per head forward plus their recomputation and elementwise passes in
+      the backward, and it pays them even for a single chunk. Measured on the CPU, fwd+bwd, 64 rows:
+      parallel 3-5x faster at S 32-64 with D 128-256, equal at S = D, chunkwise faster above.
+    - otherwise: chunkwise (linear in S in time and memory).
+    ``requires_grad`` does not change the choice on the CPU (the same crossover holds without a gradient).
     """
     if device.type == "cuda" and triton_runs_on(device):
         return "triton"
     if S == 1:
         return "recurrent"
+    if DK is not None and DV is not None and S <= PARALLEL_MAX_S and S * (DK + DV) <= 2 * DK * DV:
+        return "parallel"
     return "chunkwise"
 
 
@@ -112,7 +123,7 @@ def mlstm(q, k, v, i, f, *, state=None, return_state: bool = False, backend: str
 
     requires_grad = torch.is_grad_enabled() and any(
         x.requires_grad for x in (q, k, v, i, f, *(state or ())))
-    name = backend or select_backend(S, device, requires_grad)
+    name = backend or select_backend(S, device, requires_grad, DK, DV)
     if name == "triton":  # the kernels read bf16/fp16 inputs as they are and keep fp32 states themselves
         h, final = mlstm_triton(q, k, v, i, f, state=state, eps=float(eps),
                                 chunk_size=chunk_size or TRITON_CHUNK_SIZE, cu_seqlens=cu_seqlens)
