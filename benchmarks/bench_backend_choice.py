@@ -20,14 +20,17 @@ stabiliser spread sends long chunks to their exact L x L fallback, which is not 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import torch
 
-from xlstm_torch.allocator import tune_cpu_allocator
-from xlstm_torch.ops import mlstm
-from xlstm_torch.ops.mlstm_cell import select_backend
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_ops next to this file
+from bench_ops import time_calls  # noqa: E402
+
+from xlstm_torch.allocator import tune_cpu_allocator  # noqa: E402
+from xlstm_torch.ops import mlstm  # noqa: E402
+from xlstm_torch.ops.mlstm_cell import DEFAULT_CHUNK_SIZE, select_backend  # noqa: E402
 
 FORMS = (("parallel", None), ("chunkwise", 16), ("chunkwise", 32), ("chunkwise", 64))
 
@@ -52,15 +55,8 @@ def time_cell(rows: int, S: int, D: int, mode: str, repeats: int) -> dict[str, f
             if grad:
                 h.backward(cotangent)
 
-    samples = {form: [] for form in FORMS}
-    for form in FORMS:
-        call(*form)  # warm-up
-    for _ in range(repeats):
-        for form in FORMS:
-            start = time.perf_counter()
-            call(*form)
-            samples[form].append(time.perf_counter() - start)
-    return {_label(*form): 1e3 * statistics.median(s) for form, s in samples.items()}
+    calls = {_label(*form): (lambda form=form: call(*form)) for form in FORMS}
+    return {label: 1e3 * seconds for label, seconds in time_calls(calls, repeats).items()}
 
 
 def main() -> None:
@@ -83,7 +79,7 @@ def main() -> None:
         for S in args.seq_lens:
             ms = time_cell(args.rows, S, D, args.mode, args.repeats)
             pick = select_backend(S, torch.device("cpu"), args.mode == "fwd+bwd", D, D)
-            picked = ms["parallel"] if pick == "parallel" else ms["chunkwise L=64"]  # the op's default chunk
+            picked = ms[_label("parallel", None) if pick == "parallel" else _label("chunkwise", DEFAULT_CHUNK_SIZE)]
             fastest = min(ms, key=ms.get)
             print(f"| {D} | {S} | " + " | ".join(f"{ms[k]:.1f}" for k in labels)
                   + f" | {fastest} | {pick} | {picked / ms[fastest]:.2f} |", flush=True)

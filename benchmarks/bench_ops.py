@@ -276,19 +276,27 @@ class MatmulReference:
         return 2 * self.n ** 3 / (seconds or statistics.median(self.samples)) / 1e9
 
 
-def time_group(keys: list[str], shape: Shape, mode: str, repeats: int, mm: MatmulReference) -> dict[str, float]:
-    """Median seconds per call of each implementation; one warm-up each, then turns A B C A B C ..."""
-    calls = {key: make_call(key, shape, mode) for key in keys}
+def time_calls(calls: dict[str, Callable[[], None]], repeats: int,
+               mm: MatmulReference | None = None) -> dict[str, float]:
+    """Median seconds per call; one warm-up each, then turns A B C A B C ... (and one ``mm`` sample per round)."""
     for call in calls.values():
         call()
-    samples: dict[str, list[float]] = {key: [] for key in keys}
+    samples: dict[str, list[float]] = {key: [] for key in calls}
     for _ in range(repeats):
-        mm.sample()
+        if mm is not None:
+            mm.sample()
         for key, call in calls.items():
             samples[key].append(_seconds(call))
+    return {key: statistics.median(s) for key, s in samples.items()}
+
+
+def time_group(keys: list[str], shape: Shape, mode: str, repeats: int, mm: MatmulReference) -> dict[str, float]:
+    """Median seconds per call of each implementation (``time_calls``)."""
+    calls = {key: make_call(key, shape, mode) for key in keys}
+    medians = time_calls(calls, repeats, mm)
     del calls
     gc.collect()
-    return {key: statistics.median(s) for key, s in samples.items()}
+    return medians
 
 
 def _status_kib(field: str) -> int:
