@@ -31,16 +31,17 @@ def test_mqar_and_lm_runs_write_results(tmp_path):
 
 def test_mqar_vocab_size_reaches_the_run(tmp_path):
     assert main(["experiment", "mqar", "--model", "transformer", "--steps", "1", "--seq-len", "16", "--num-pairs", "2",
-                 "--width", "16", "--batch-size", "2", "--vocab-size", "40", "--out", str(tmp_path / "m")]) == 0
+                 "--width", "16", "--batch-size", "2", "--vocab-size", "40", "--heads", "2",
+                 "--out", str(tmp_path / "m")]) == 0
     r = json.loads((tmp_path / "m" / "results.json").read_text())
-    assert r["vocab_size"] == 40
+    assert r["vocab_size"] == 40 and r["num_heads"] == 2 and r["slstm_num_heads"] == 1  # MQAR default: one head
     with pytest.raises(ValueError, match="vocab_size"):  # 8 ids: keys only from 1..3, too few for 4 pairs
         main(["experiment", "mqar", "--model", "lstm", "--steps", "1", "--num-pairs", "4", "--vocab-size", "8",
               "--out", str(tmp_path / "bad")])
 
 
 def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
-    """``table mqar --vocab-size --lr`` reach every cell's run; a reduced vocabulary gets its own folder, and a
+    """``table mqar --vocab-size --lr --heads`` reach every cell's run; a reduced vocabulary gets its own folder, and a
     finished cell with other settings is run again rather than counted as done."""
     args = ["experiment", "table", "mqar", "--steps", "1", "--seeds", "1", "--jobs", "1", "--settings", "1",
             "--widths", "16", "--batch-size", "2", "--models", "lstm", "--vocab-size", "64", "--out", str(tmp_path)]
@@ -53,6 +54,10 @@ def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
     assert (tmp_path / "mqar.png").exists() == (_has_matplotlib())
     assert main(args + ["--lr", "5e-4"]) == 0
     assert json.loads(result.read_text())["optim"]["lr"] == 5e-4
+    assert json.loads(result.read_text())["num_heads"] == 1  # the table's default, Zoology's one head
+    assert main(args + ["--lr", "5e-4", "--heads", "2"]) == 0  # another head count is another run
+    r = json.loads(result.read_text())
+    assert r["num_heads"] == r["slstm_num_heads"] == 2
 
 
 def _has_matplotlib() -> bool:

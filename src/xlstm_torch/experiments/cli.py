@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         p.add_argument("--out", default=None, help="folder for results.json (default runs/experiments/...)")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 
-    from .runner import FORMAL_CURRICULUM, FORMAL_LR, MQAR_LR, MQAR_VOCAB
+    from .runner import FORMAL_CURRICULUM, FORMAL_LR, MQAR_HEADS, MQAR_LR, MQAR_VOCAB
     from .tasks import FORMAL_TASKS
 
     p = sub.add_parser("formal", help="one formal-language run (length generalisation)")
@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=MQAR_LR)
     p.add_argument("--vocab-size", type=int, default=MQAR_VOCAB,
                    help="token ids, keys from the lower half, values from the upper (default %(default)s, Zoology's)")
+    p.add_argument("--heads", type=int, default=MQAR_HEADS, help="mLSTM / attention heads (default %(default)s)")
+    p.add_argument("--slstm-heads", type=int, default=MQAR_HEADS, help="sLSTM heads (default %(default)s)")
     p.set_defaults(func=_mqar)
 
     p = sub.add_parser("lm", help="one language-modelling run on the embedded corpus (bits per byte)")
@@ -78,6 +80,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="mqar: batch size (default 64)")
     p.add_argument("--vocab-size", type=int, default=MQAR_VOCAB, help="mqar: vocabulary (default %(default)s, Zoology's)")
     p.add_argument("--lr", type=float, default=MQAR_LR, help="mqar: peak learning rate (default %(default)s)")
+    p.add_argument("--heads", type=int, default=MQAR_HEADS,
+                   help="mqar: heads of every mLSTM, sLSTM and attention layer (default %(default)s)")
     p.add_argument("--curriculum", type=float, default=FORMAL_CURRICULUM,
                    help="formal: length curriculum fraction (0: none; default %(default)s)")
     p.set_defaults(func=_table)
@@ -124,7 +128,7 @@ def _mqar(args) -> int:
     start = time.time()
     result = run_mqar(args.model, seq_len=args.seq_len, num_pairs=args.num_pairs, width=args.width, steps=args.steps,
                       seed=args.seed, batch_size=args.batch_size, vocab_size=args.vocab_size,
-                      settings=OptimSettings(lr=args.lr),
+                      num_heads=args.heads, slstm_num_heads=args.slstm_heads, settings=OptimSettings(lr=args.lr),
                       eval_every=max(1, min(250, args.steps)), log=lambda s: print(s, file=sys.stderr))
     result["wall_seconds"] = round(time.time() - start, 1)
     return _finish(result, args.out or f"runs/experiments/mqar/{args.model}/seed{args.seed}")

@@ -58,19 +58,21 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
                               curriculum=getattr(args, "curriculum", FORMAL_CURRICULUM))
                     cells.append(("formal", kw, f"{task}/{model}/seed{seed}"))
     elif name == "mqar":
-        from .runner import MQAR_LR, MQAR_VOCAB, OptimSettings
+        from .runner import MQAR_HEADS, MQAR_LR, MQAR_VOCAB, OptimSettings
 
         settings = [(64, 4), (128, 8), (256, 16), (512, 64)][: args.settings]
         vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
         # a reduced vocabulary is a different task: its runs get their own folders (Zoology's 8192 keeps the old ones)
         tag = "" if vocab == MQAR_VOCAB else f"_V{vocab}"
+        heads = getattr(args, "heads", None) or MQAR_HEADS
         for seq_len, pairs in settings:
             for width in args.widths:
                 for model in args.models or MQAR_MODELS:
                     for seed in seeds:
                         kw = dict(model_name=model, seq_len=seq_len, num_pairs=pairs, width=width, seed=seed,
                                   steps=args.steps or 1500, batch_size=getattr(args, "batch_size", None) or 64,
-                                  vocab_size=vocab, settings=OptimSettings(lr=getattr(args, "lr", None) or MQAR_LR))
+                                  vocab_size=vocab, num_heads=heads, slstm_num_heads=heads,
+                                  settings=OptimSettings(lr=getattr(args, "lr", None) or MQAR_LR))
                         cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}{tag}/d{width}/{model}/seed{seed}"))
     else:
         for model in args.models or LM_MODELS:
@@ -196,6 +198,8 @@ def _mqar_table(results, out: Path) -> str:
     models = list(dict.fromkeys(r["model"] for r in results))
     settings = sorted({(r["seq_len"], r["num_pairs"], r["width"]) for r in results})
     vocabs = sorted({r["vocab_size"] for r in results})
+    # heads of the mLSTM / sLSTM / attention layers; Mamba and the LSTM have none (runs before it was recorded: none)
+    heads = sorted({r["num_heads"] for r in results if "num_heads" in r and r["model"] not in ("mamba", "lstm")})
     lines = ["| (seq len, kv pairs) | width | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for s in settings:
         cells = [_mean_spread([r["accuracy"] for r in groups.get((*s, m), [])]) for m in models]
@@ -233,8 +237,8 @@ def _mqar_table(results, out: Path) -> str:
         ax.legend(fontsize=6)
         fig.savefig(out / "mqar.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-    return (f"MQAR accuracy at the answer positions (vocabulary {', '.join(map(str, vocabs))}), mean ± half-range over "
-            "seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
+    return (f"MQAR accuracy at the answer positions (vocabulary {', '.join(map(str, vocabs))}"
+            + (f"; heads per layer {', '.join(map(str, heads))}" if heads else "") + "), mean ± half-range over seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
             + "\n\nSteps run (early stop at validation accuracy 1.0): "
             + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n" + "\n".join(rank_lines) + "\n")
 
