@@ -198,8 +198,7 @@ def _mqar_table(results, out: Path) -> str:
     models = list(dict.fromkeys(r["model"] for r in results))
     settings = sorted({(r["seq_len"], r["num_pairs"], r["width"]) for r in results})
     vocabs = sorted({r["vocab_size"] for r in results})
-    # heads of the mLSTM / sLSTM / attention layers; Mamba and the LSTM have none (runs before it was recorded: none)
-    heads = sorted({r["num_heads"] for r in results if "num_heads" in r and r["model"] not in ("mamba", "lstm")})
+    heads = sorted({r["num_heads"] for r in results if "num_heads" in r})  # runs from before it was recorded: none
     lines = ["| (seq len, kv pairs) | width | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for s in settings:
         cells = [_mean_spread([r["accuracy"] for r in groups.get((*s, m), [])]) for m in models]
