@@ -163,3 +163,21 @@ def test_cpu_without_interpreter_is_refused(monkeypatch):
 def test_backend_none_picks_triton_on_cuda_only():
     assert select_backend(100, torch.device("cuda"), True) == "triton"
     assert select_backend(100, torch.device("cpu"), True) == "chunkwise"
+
+
+@pytest.mark.skipif(not CUDA, reason="host-device synchronisation exists only with a GPU")
+@pytest.mark.parametrize("packed", [False, True], ids=["batch", "packed"])
+def test_forward_and_backward_never_wait_for_the_gpu(packed):
+    """No step of the Triton path reads back from the GPU or copies from pageable memory (each would
+    stall the host until the queued kernels finish, leaving the GPU idle while it catches up)."""
+    inputs = on_device(make_inputs(B=1 if packed else 2, S=70))
+    cu_seqlens = torch.tensor([0, 30, 31, 70]) if packed else None
+    # the entry check reads cu_seqlens (a CPU tensor here) once; everything after it stays on the GPU
+    mlstm(*inputs, backend="triton", chunk_size=16, cu_seqlens=cu_seqlens)  # compile outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        h, state = mlstm(*inputs, backend="triton", chunk_size=16, cu_seqlens=cu_seqlens, return_state=True)
+        torch.autograd.grad((h.sum() + state.C.sum() + state.m.sum()), inputs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

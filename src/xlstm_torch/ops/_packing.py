@@ -42,6 +42,19 @@ def check_cu_seqlens(cu_seqlens, S: int, B: int) -> tuple[int, ...]:
     return bounds
 
 
+def host_to_device(values: Sequence[int], device=None, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """A small tensor of Python ints on ``device``, without waiting for the GPU.
+
+    A copy from pageable host memory (what ``torch.tensor(values, device="cuda")`` or indexing a
+    CUDA tensor with a list makes) first waits for all queued GPU work; the host then idles while
+    it could be queueing the next kernels. From pinned memory the copy just joins the stream.
+    """
+    x = torch.tensor(values, dtype=dtype)
+    if torch.device(device or "cpu").type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def document_spans(cu_seqlens: Sequence[int]) -> list[tuple[int, int]]:
     """[(start, end), ...] of each document."""
     return list(zip(cu_seqlens[:-1], cu_seqlens[1:]))
@@ -49,13 +62,14 @@ def document_spans(cu_seqlens: Sequence[int]) -> list[tuple[int, int]]:
 
 def document_ids(cu_seqlens: Sequence[int], device=None) -> torch.Tensor:
     """(S,) int64: the document index of every token."""
-    lengths = torch.tensor([b - a for a, b in document_spans(cu_seqlens)], device=device)
-    return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+    lengths = host_to_device([b - a for a, b in document_spans(cu_seqlens)], device)
+    # output_size: else repeat_interleave reads the total back from the GPU
+    return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths, output_size=cu_seqlens[-1])
 
 
 def positions_in_document(cu_seqlens: Sequence[int], device=None) -> torch.Tensor:
     """(S,) int64: every token's position counted from the start of its document."""
-    starts = torch.tensor(cu_seqlens[:-1], device=device)
+    starts = host_to_device(cu_seqlens[:-1], device)
     return torch.arange(cu_seqlens[-1], device=device) - starts[document_ids(cu_seqlens, device)]
 
 

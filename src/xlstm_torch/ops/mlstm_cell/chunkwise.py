@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._packing import host_to_device
 from .state import MLSTMState, normaliser_floor
 
 SAFE_EXPONENT = 40.0  # exp(40) ~ 2e17: row factors stay far from overflow; lost terms are < e^-47
@@ -88,7 +89,8 @@ class _Layout:
 
     Unpacked: in order, with a no-op tail in the last chunk. Packed (``cu_seqlens``, module
     docstring): each document from the start of a chunk. ``chunk_bounds`` (0, ..., nc) holds the
-    first chunk of each document and then nc; ``last_chunks`` the last chunk of each.
+    first chunk of each document and then nc; ``last_chunks`` indexes the last chunk of each (a
+    slice for one document, else an index tensor on the device: a list index would wait for the GPU).
     """
 
     def __init__(self, S: int, L: int, cu_seqlens, device):
@@ -101,10 +103,11 @@ class _Layout:
             chunks = [-(-(b - a) // L) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])]
             self.chunk_bounds = tuple(torch.tensor([0, *chunks]).cumsum(0).tolist())
             self.nc = self.chunk_bounds[-1]
-            starts = torch.tensor([L * k - a for k, a in zip(self.chunk_bounds, cu_seqlens[:-1])], device=device)
-            lengths = torch.tensor(cu_seqlens, device=device).diff()
-            self.index = torch.arange(S, device=device) + starts.repeat_interleave(lengths)  # (S,) padded position
-        self.last_chunks = [k - 1 for k in self.chunk_bounds[1:]]
+            starts = host_to_device([L * k - a for k, a in zip(self.chunk_bounds, cu_seqlens[:-1])], device)
+            lengths = host_to_device([b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])], device)
+            self.index = torch.arange(S, device=device) + starts.repeat_interleave(lengths, output_size=S)  # (S,) padded position
+        last = [k - 1 for k in self.chunk_bounds[1:]]
+        self.last_chunks = slice(last[0], last[0] + 1) if len(last) == 1 else host_to_device(last, device)
         self.S_pad = self.nc * L
 
     def pad(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:

@@ -36,6 +36,7 @@ import math
 import torch
 
 from .._checks import state_dtype
+from .._packing import host_to_device
 from .._triton import require_triton
 from .chunkwise import _Layout, _gate_stats, _padded_gates, _stabiliser_grads
 from .state import MLSTMState, normaliser_floor
@@ -87,16 +88,15 @@ class _Plan:
         self.floor = normaliser_floor(st["m_step"], sdtype).reshape(BH, -1).contiguous()
         self.m_last = st["m_chunk"][:, layout.last_chunks]  # (BH, D) float64
 
-        first = torch.full((self.nc,), -1, dtype=torch.int32)
-        last = torch.full((self.nc,), -1, dtype=torch.int32)
+        first, last = [-1] * self.nc, [-1] * self.nc  # per chunk: the document it starts / ends, else -1
         for d, (k0, k1) in enumerate(zip(layout.chunk_bounds[:-1], layout.chunk_bounds[1:])):
             first[k0], last[k1 - 1] = d, d
-        self.first, self.last = first.to(q.device), last.to(q.device)
+        self.first, self.last = (host_to_device(x, q.device, torch.int32) for x in (first, last))
         self.D = len(layout.chunk_bounds) - 1
 
         # fp32/fp64 inputs: exact products (tf32 would cost ~1e-3 relative); bf16/fp16 products are exact anyway.
         self.precision = "ieee" if sdtype == q.dtype else "tf32"
-        self.cfg = launch_configs(q.element_size(), DK, DV, L)
+        self.cfg = launch_configs(q.element_size(), DK, DV, L, large_shared_memory(q.device))
 
     def launch(self, name: str, *args):
         """Launch kernel ``name`` with its tiles and warps (``launch_configs``) on its grid."""
@@ -127,23 +127,38 @@ _HEAD_DIM_SPLITS = {"fwd_states": ("BK", "BV"), "bwd_states": ("BK", "BV"), "fwd
 CONFIG_OVERRIDES: dict[str, dict] = {}
 
 
-def launch_configs(element_size: int, DK: int, DV: int, L: int) -> dict[str, dict]:
+@functools.cache
+def large_shared_memory(device: torch.device) -> bool:
+    """Whether a block may use Hopper-class shared memory (>= 200 KiB; an A100 has 163, most others less)."""
+    if device.type != "cuda":
+        return False
+    props = torch.cuda.get_device_properties(device)
+    return getattr(props, "shared_memory_per_block_optin", 0) >= 200 * 1024
+
+
+def launch_configs(element_size: int, DK: int, DV: int, L: int, large_smem: bool = False) -> dict[str, dict]:
     """Tiles and warps per kernel. Tiles shrink with the element size so the operands fit in shared
-    memory (fp64: 4x bf16's bytes); the scans take smaller tiles for more programs in parallel."""
+    memory (fp64: 4x bf16's bytes); the scans take smaller tiles for more programs in parallel.
+    With ``large_smem`` (``large_shared_memory``) fwd_out and dv take value tiles of 256 in bf16/fp16."""
     cap = {2: 128, 4: 64, 8: 32}[element_size]
+    wide = 256 if large_smem and element_size == 2 else cap
 
-    def tile(n: int, want: int) -> int:
-        return _pow2_tile(n, min(want, cap))
+    def tile(n: int, want: int, limit: int = cap) -> int:
+        return _pow2_tile(n, min(want, limit))
 
-    # Measured on an H200 in bf16 at NH 16, DK 128, DV 256, L 128 (benchmarks/RESULTS.md): the scans
-    # want narrow DK tiles (more programs), dq and dk 128-step tiles, dv all of DV at once.
+    # Swept on an H100 in bf16 at NH 16, DK 128, DV 256, L 128, S 8k and 64k (benchmarks/tune_triton.py,
+    # RESULTS.md): the scans want narrow DK tiles (more programs), dq narrow DV tiles, dk 64-query
+    # tiles, fwd_out and dv all of DV at once where it fits.
+    BV_out = tile(DV, 256, wide)
     cfg = {
         "fwd_states": dict(BK=tile(DK, 32), BV=tile(DV, 64), BT=tile(L, 128), num_warps=4, num_stages=2),
         "bwd_states": dict(BK=tile(DK, 64), BV=tile(DV, 64), BT=tile(L, 64), num_warps=4, num_stages=2),
-        "fwd_out": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=4, num_stages=2),
-        "bwd_dq": dict(BQ=tile(L, 128), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
-        "bwd_dk": dict(BQ=tile(L, 128), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
-        "bwd_dv": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=tile(DV, 256), num_warps=8, num_stages=2),
+        "fwd_out": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=BV_out, num_warps=8 if BV_out > 128 else 4,
+                        num_stages=2),
+        "bwd_dq": dict(BQ=tile(L, 128), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 64), num_warps=8, num_stages=2),
+        "bwd_dk": dict(BQ=tile(L, 64), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
+        "bwd_dv": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=tile(DV, 256, wide), num_warps=8,
+                       num_stages=2),
     }
     for name, override in CONFIG_OVERRIDES.items():
         cfg[name].update(override)
