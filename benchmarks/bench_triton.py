@@ -375,24 +375,70 @@ def slstm_rows(args, device, dtype) -> list[list[str]]:
     return rows
 
 
-def row_in_child(spec: str, S: int, args, timeout_s: float) -> dict:
-    """One row (``spec``: "compiled" or "tfla:<L>") at one S, in a child process with a time limit.
+# Triton 3.6's bundled LLVM asserts in its SLP vectoriser on some peer kernels (seen with TFLA on an
+# H200): a crashed peer row is run again with LLVM's IR optimisation off (DISABLE_LLVM_OPT=1; ptxas
+# still optimises), in a cache of its own so no binary built with the optimisation is reused. Our
+# kernels are then timed the same way beside it, so that the two rows compare like with like.
+LLVM_OPT_OFF = " (LLVM IR opt off)"
+
+
+def llvm_opt_off_env() -> dict[str, str]:
+    import tempfile
+
+    return {"DISABLE_LLVM_OPT": "1", "TRITON_CACHE_DIR": tempfile.mkdtemp(prefix="triton-llvm-opt-off-")}
+
+
+def row_in_child(spec: str, S: int, args, timeout_s: float, env: dict[str, str] | None = None) -> dict:
+    """One row (``spec``: "compiled", "tfla:<L>" or "triton:<L>") at one S, in a child process with a time limit.
 
     The compiled row can take minutes to compile; a peer's Triton kernel can crash its compiler
-    (an LLVM assertion aborts the process): either way the parent records it and goes on.
+    (an LLVM assertion aborts the process): either way the parent records it and goes on; a child
+    that died (not timed out) says so with ``crashed``. ``env`` is added to the child's environment.
     """
     cmd = [sys.executable, os.path.abspath(__file__), "--child-row", spec, "--child-seq", str(S), "--tokens",
            str(args.tokens), "--heads", str(args.heads), "--dk", str(args.dk), "--dv", str(args.dv), "--modes",
            ",".join(args.modes), "--warmup-ms", str(args.warmup_ms), "--rep-ms", str(args.rep_ms), "--cpu-reps",
            str(args.cpu_reps), "--compile-chunk-size", str(args.compile_chunk_size)] + (["--smoke"] if args.smoke else [])
+    cmd += ["--configs", args.configs] if args.configs else []
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f} s, compile included"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        return {"error": f"child exited {done.returncode}: {done.stderr.strip().splitlines()[-1:] or ''}"}
+        return {"error": f"child exited {done.returncode}: {done.stderr.strip().splitlines()[-1:] or ''}",
+                "crashed": True}
     return json.loads(lines[-1])
+
+
+def peer_rows(impl: Impl, S: int, args, budget: Budget, peer: dict) -> list[dict]:
+    """TFLA's row at S, timed in a child process; ``peer`` carries {"env": ...} across calls.
+
+    Once a TFLA child crashed (see LLVM_OPT_OFF), this and every later TFLA row run with LLVM's IR
+    optimisation off, each followed by ours at the same L timed the same way.
+    """
+    def child(spec):
+        return row_in_child(spec, S, args, max(30.0, min(120.0, budget.left())), peer.get("env"))
+
+    result = child(f"tfla:{impl.chunk}")
+    if result.get("crashed") and "env" not in peer:
+        print(f"  {impl.name} S={S}: {result['error']}; again with LLVM's IR optimisation off", file=sys.stderr,
+              flush=True)
+        peer["env"] = llvm_opt_off_env()
+        result = child(f"tfla:{impl.chunk}")
+    runs = [(impl.name, result)]
+    if "env" in peer and impl.chunk in args.chunk_sizes:
+        runs.append((f"ours triton L={impl.chunk}", child(f"triton:{impl.chunk}")))
+    rows = []
+    for name, result in runs:
+        name += LLVM_OPT_OFF if "env" in peer else ""
+        base = {"implementation": name, "S": S, "B": max(1, args.tokens // S), "NH": args.heads,
+                "DK / DV": f"{args.dk} / {args.dv}"}
+        rows.append({**base, "note": [f"err: {result['error']}"]} if "error" in result
+                    else {**result, "implementation": name})
+        print(f"  {name} S={S}: {result}", file=sys.stderr, flush=True)
+    return rows
 
 
 def compiled_in_child(S: int, args) -> dict:
@@ -407,13 +453,32 @@ def run_child_row(args) -> int:
     if args.child_row == "compiled":
         impl = ours("chunkwise", args.compile_chunk_size, compiled=True)
     else:
-        impl = tfla(int(args.child_row.split(":")[1]))
+        kind, L = args.child_row.split(":")
+        if kind not in ("tfla", "triton"):
+            raise SystemExit(f"--child-row: unknown row {args.child_row!r}")
+        impl = tfla(int(L)) if kind == "tfla" else ours("triton", int(L))
     row = run_row(impl, shape, dtype, device, args, 1.0, Budget(math.inf), check=False)
     print(json.dumps({k: v for k, v in row.items()}), flush=True)
     return 0
 
 
+def apply_configs(path: str | None) -> dict:
+    """Launch parameters per kernel from a JSON file (benchmarks/tune_triton.py --out) over the defaults."""
+    if not path:
+        return {}
+    from xlstm_torch.ops.mlstm_cell import triton_chunkwise
+
+    with open(path) as fh:
+        configs = json.load(fh)
+    unknown = set(configs) - set(triton_chunkwise.launch_configs(2, 128, 128, 128))
+    if unknown:
+        raise SystemExit(f"--configs {path}: unknown kernel names {sorted(unknown)}")
+    triton_chunkwise.CONFIG_OVERRIDES.update(configs)
+    return configs
+
+
 def setup(args):
+    apply_configs(args.configs)
     if args.smoke:  # without CUDA the Triton rows run only if TRITON_INTERPRET=1 was set before Triton's import
         return torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.float32
     torch.backends.cuda.matmul.allow_tf32 = True  # for the float32 matrix products inside the chunkwise PyTorch path
@@ -433,25 +498,30 @@ def main(argv=None) -> str:
     budget = Budget(args.budget_s)
     mm = matmul_tflops(device, dtype, args.matmul_size, args)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (Triton interpreted)"
-    header = (f"{name}, torch {torch.__version__}, {str(dtype).removeprefix('torch.')}; "
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    configs = f"; Triton launch parameters over the defaults from {args.configs}" if args.configs else ""
+    header = (f"{name}, torch {torch.__version__}, triton {triton_version}, {str(dtype).removeprefix('torch.')}; "
               f"matmul {args.matmul_size}³ {str(dtype).removeprefix('torch.')}: {mm:.1f} TFLOP/s (the % mm reference); "
               f"{args.tokens:,} tokens per call; timing: "
-              + ("triton.testing.do_bench median" if device.type == "cuda" else f"median of {args.cpu_reps} calls"))
+              + ("triton.testing.do_bench median" if device.type == "cuda" else f"median of {args.cpu_reps} calls")
+              + configs)
     print(header, file=sys.stderr, flush=True)
 
     impls = [ours("triton", L) for L in args.chunk_sizes] + [tfla(L) for L in args.tfla_chunk_sizes]
     impls += [sdpa(D, device) for D in args.sdpa_head_dims] + [ours("chunkwise", args.compile_chunk_size)]
-    rows = []
+    rows, peer = [], {}
     for n, S in enumerate(args.seq_lens):
         B = max(1, args.tokens // S)
         for impl in impls:
             D = impl.name.rsplit("=", 1)[-1] if impl.kind == "attention" else None
             shape = Shape(B, args.heads, S, int(D) if D else args.dk, int(D) if D else args.dv)
             if impl.name.startswith("mlstm_kernels") and not impl.skip and budget.left() > 0:
-                base = {"implementation": impl.name, "S": S, "B": B, "NH": args.heads, "DK / DV": f"{args.dk} / {args.dv}"}
-                result = row_in_child(f"tfla:{impl.chunk}", S, args, timeout_s=max(30.0, min(120.0, budget.left())))
-                rows.append({**base, "note": [f"err: {result['error']}"]} if "error" in result else result)
-                print(f"  {impl.name} S={S}: {result}", file=sys.stderr, flush=True)
+                rows += peer_rows(impl, S, args, budget, peer)
                 continue
             rows.append(run_row(impl, shape, dtype, device, args, mm, budget, check=(n == 0)))
         if args.out:  # the rows so far, in case the run is cut off (a timeout kills before the final write)
@@ -533,6 +603,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="S = 2048, 16384, 65536; shorter timing windows")
     p.add_argument("--smoke", action="store_true", help="tiny float32 shapes; without CUDA on the CPU, Triton interpreted")
     p.add_argument("--out", help="also write the report here")
+    p.add_argument("--configs", help="JSON of launch parameters per Triton kernel over the defaults "
+                                     "(benchmarks/tune_triton.py --out); the header names the file")
     p.add_argument("--child-row", help=argparse.SUPPRESS)
     p.add_argument("--child-seq", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -116,3 +116,49 @@ def test_without_cuda_says_so_and_returns(capsys):
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
+
+
+def test_crashed_child_is_marked():
+    args = bench.parse_args(["--smoke"])
+    result = bench.row_in_child("bogus:16", 32, args, timeout_s=60)
+    assert result["crashed"] and "child exited 1" in result["error"]
+
+
+def test_peer_crash_reruns_with_llvm_opt_off_and_ours_beside(monkeypatch):
+    calls = []
+
+    def fake_child(spec, S, args, timeout_s, env=None):
+        calls.append((spec, env))
+        if env is None:
+            return {"error": "child exited -6: Assertion failed (SLPVectorizer)", "crashed": True}
+        return {"implementation": spec, "S": S, "B": 2, "NH": 2, "DK / DV": "8 / 16", "fwd": 1.0, "fwd tflops": 1.0,
+                "note": []}
+
+    monkeypatch.setattr(bench, "row_in_child", fake_child)
+    args = bench.parse_args(["--smoke"])
+    peer = {}
+    rows = bench.peer_rows(bench.Impl("mlstm_kernels TFLA L=16", "mlstm", 16), 32, args, bench.Budget(60), peer)
+    assert [r["implementation"] for r in rows] == ["mlstm_kernels TFLA L=16 (LLVM IR opt off)",
+                                                   "ours triton L=16 (LLVM IR opt off)"]
+    assert [spec for spec, _ in calls] == ["tfla:16", "tfla:16", "triton:16"]
+    env = calls[1][1]
+    assert env["DISABLE_LLVM_OPT"] == "1" and "llvm-opt-off" in env["TRITON_CACHE_DIR"] and calls[2][1] is env
+    calls.clear()  # a later row goes straight to the switched-off compile
+    bench.peer_rows(bench.Impl("mlstm_kernels TFLA L=32", "mlstm", 32), 64, args, bench.Budget(60), peer)
+    assert calls == [("tfla:32", env)]  # L=32 is not one of ours (--chunk-sizes): no row beside it
+
+
+def test_configs_file(tmp_path):
+    from xlstm_torch.ops.mlstm_cell import triton_chunkwise
+
+    good = tmp_path / "good.json"
+    good.write_text('{"bwd_dv": {"num_warps": 4}}')
+    try:
+        assert bench.apply_configs(str(good)) == {"bwd_dv": {"num_warps": 4}}
+        assert triton_chunkwise.launch_configs(2, 128, 256, 128)["bwd_dv"]["num_warps"] == 4
+    finally:
+        triton_chunkwise.CONFIG_OVERRIDES.clear()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"bwd_dz": {"num_warps": 4}}')
+    with pytest.raises(SystemExit, match="bwd_dz"):
+        bench.apply_configs(str(bad))
