@@ -345,3 +345,28 @@ def test_state_rows_must_be_the_documents():
     wx, r, b = (x.detach() for x in slstm_inputs(10))
     with pytest.raises(ValueError, match=r"state.h must have shape \(2, 2, 3\)"):
         slstm(wx, r, b, state=slstm_state(3), cu_seqlens=cu_seqlens)
+
+
+@pytest.mark.parametrize("lengths", list(LENGTHS.values()), ids=list(LENGTHS))
+def test_documents_as_rows_round_trip(lengths):
+    """The padded-rows layout of the sLSTM's packed path: row d holds document d, and unpad puts the
+    documents back in packed order (what a boolean mask over the valid steps gives)."""
+    from xlstm_torch.ops._packing import documents_as_rows
+
+    cu = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    gather, rows_lengths, unpad = documents_as_rows(cu)
+    assert rows_lengths.tolist() == lengths and gather.shape == (len(lengths), max(lengths))
+    tokens = torch.arange(100, 100 + cu[-1])
+    rows = tokens[gather]  # (D, longest)
+    for d, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+        assert rows[d, : b - a].tolist() == tokens[a:b].tolist()
+        assert (gather[d, b - a :] == 0).all()  # padding reads a real token (finite), never past the end
+    valid = torch.arange(max(lengths))[None, :] < rows_lengths[:, None]
+    assert rows.flatten(0, 1)[unpad].tolist() == rows[valid].tolist() == tokens.tolist()
+
+
+def test_host_to_device_values_and_dtype():
+    from xlstm_torch.ops._packing import host_to_device
+
+    x = host_to_device([3, -1, 7], "cpu", torch.int32)
+    assert x.dtype == torch.int32 and x.tolist() == [3, -1, 7] and x.device.type == "cpu"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlstm_torch.ops._packing import check_cu_seqlens, document_ids
+from xlstm_torch.ops._packing import check_cu_seqlens, document_ids, host_to_device
 
 
 class CausalConv1d(nn.Module):
@@ -83,7 +83,7 @@ class CausalConv1d(nn.Module):
         K1, ND = self.kernel_size - 1, len(cu_seqlens) - 1
         doc = document_ids(cu_seqlens, x.device)  # (S,)
         slot = torch.arange(S, device=x.device) + (doc + 1) * K1  # (S,) where each token sits in the window
-        starts = torch.tensor(cu_seqlens, device=x.device)
+        starts = host_to_device(cu_seqlens, x.device)
         offsets = torch.arange(ND, device=x.device) * K1
         prefix = ((starts[:-1] + offsets)[:, None] + torch.arange(K1, device=x.device)).flatten()  # (ND·(K-1),)
         window = x.new_zeros(1, S + ND * K1, D).index_copy(1, slot, x)  # (1, S + ND·(K-1), D)

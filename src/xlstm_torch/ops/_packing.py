@@ -73,6 +73,23 @@ def positions_in_document(cu_seqlens: Sequence[int], device=None) -> torch.Tenso
     return torch.arange(cu_seqlens[-1], device=device) - starts[document_ids(cu_seqlens, device)]
 
 
+def documents_as_rows(cu_seqlens: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed documents laid out as the rows of a right-padded batch, with nothing read back from the GPU.
+
+    Returns gather (D, longest): the packed position of row d's step t (0, a real token, on padding);
+    lengths (D,) int64; unpad (S,): where each packed token sits in the flattened (D·longest) rows, so
+    ``rows.flatten(0, 1)[unpad]`` puts the documents back to back. (A boolean mask would read its count back.)
+    """
+    longest = max(b - a for a, b in document_spans(cu_seqlens))
+    starts = host_to_device(cu_seqlens[:-1], device)
+    lengths = host_to_device([b - a for a, b in document_spans(cu_seqlens)], device)
+    steps = torch.arange(longest, device=device)
+    gather = torch.where(steps[None, :] < lengths[:, None], starts[:, None] + steps[None, :], 0)
+    doc = document_ids(cu_seqlens, device)
+    unpad = doc * longest + torch.arange(cu_seqlens[-1], device=device) - starts[doc]
+    return gather, lengths, unpad
+
+
 def select_rows(state: NamedTuple | None, rows: slice) -> NamedTuple | None:
     """The same state restricted to some rows of its leading (batch/document) dimension."""
     return None if state is None else type(state)(*(x[rows] for x in state))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_choice, check_state, check_tensor, state_dtype
-from .._packing import check_cu_seqlens
+from .._packing import check_cu_seqlens, documents_as_rows
 from .._triton import triton_runs_on
 from .recurrent import slstm_recurrent, slstm_step, slstm_step_weights
 from .reference import slstm_reference
@@ -90,13 +90,9 @@ def _documents_as_batch(backend, wx, r, b, state, cu_seqlens):
     Exact: each row starts from its own initial state, and the padding comes after a document's last token, so
     it reaches neither its outputs (causal) nor, since those padded outputs are dropped, its gradients.
     """
-    starts = torch.tensor(cu_seqlens[:-1], device=wx.device)
-    lengths = torch.tensor(cu_seqlens[1:], device=wx.device) - starts
-    steps = torch.arange(int(lengths.max()), device=wx.device)
-    valid = steps[None, :] < lengths[:, None]  # (D, L)
-    index = torch.where(valid, starts[:, None] + steps[None, :], 0)  # (D, L): padding reads token 0 (finite)
-    h, _ = backend(wx[0][index], r, b, state)  # (D, L, NH, DH)
-    return h[valid].unsqueeze(0)  # (1, S, NH, DH): documents back to back, as packed
+    gather, _, unpad = documents_as_rows(cu_seqlens, wx.device)
+    h, _ = backend(wx[0][gather], r, b, state)  # (D, L, NH, DH)
+    return h.flatten(0, 1)[unpad].unsqueeze(0)  # (1, S, NH, DH): documents back to back, as packed
 
 
 __all__ = ["slstm", "slstm_step", "slstm_step_weights", "SLSTMState", "empty_slstm_state", "BACKENDS", "select_backend", "slstm_reference", "slstm_recurrent",

@@ -30,6 +30,7 @@ import functools
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._packing import documents_as_rows
 from .._triton import require_triton
 from .state import SLSTMState
 
@@ -152,10 +153,6 @@ def slstm_triton(wx, r, b, state: SLSTMState | None = None, cu_seqlens: tuple[in
         return h.to(wx.dtype), final
     # Documents as the rows of one batch, right-padded: padding comes after a document's last step,
     # so it reaches neither its outputs nor its final state (taken at the row's own length).
-    starts = torch.tensor(cu_seqlens[:-1], device=wx.device)
-    lengths = torch.tensor(cu_seqlens[1:], device=wx.device) - starts  # (D,)
-    steps = torch.arange(int(lengths.max()), device=wx.device)
-    valid = steps[None, :] < lengths[:, None]  # (D, L)
-    index = torch.where(valid, starts[:, None] + steps[None, :], 0)  # (D, L): padding reads token 0 (finite)
-    h, final = _run(wx[0][index], r, b, state, lengths.to(torch.int32))  # h (D, L, NH, DH)
-    return h[valid].unsqueeze(0).to(wx.dtype), final  # (1, S, NH, DH): documents back to back, as packed
+    gather, lengths, unpad = documents_as_rows(cu_seqlens, wx.device)
+    h, final = _run(wx[0][gather], r, b, state, lengths.to(torch.int32))  # h (D, L, NH, DH)
+    return h.flatten(0, 1)[unpad].unsqueeze(0).to(wx.dtype), final  # (1, S, NH, DH): documents back to back
