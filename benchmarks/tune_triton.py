@@ -107,7 +107,8 @@ def sweep(args) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
         if S == args.seq_lens[0]:  # the profiler must see our kernels under their names
             seen = kernel_times(call, 1)
             if not all(seen.values()):
-                raise SystemExit(f"the profiler saw no CUDA kernel named {[k + '_kernel' for k, t in seen.items() if not t]}")
+                missing = [name + "_kernel" for name, t in seen.items() if not t]
+                raise SystemExit(f"the profiler saw no CUDA kernel named {missing}")
         for n in range(n_cand):
             if time.monotonic() > deadline:
                 for name in KERNELS:

@@ -105,7 +105,8 @@ class _Layout:
             self.nc = self.chunk_bounds[-1]
             starts = host_to_device([L * k - a for k, a in zip(self.chunk_bounds, cu_seqlens[:-1])], device)
             lengths = host_to_device([b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])], device)
-            self.index = torch.arange(S, device=device) + starts.repeat_interleave(lengths, output_size=S)  # (S,) padded position
+            # (S,) padded position of each token; output_size: else repeat_interleave reads the total back
+            self.index = torch.arange(S, device=device) + starts.repeat_interleave(lengths, output_size=S)
         last = [k - 1 for k in self.chunk_bounds[1:]]
         self.last_chunks = slice(last[0], last[0] + 1) if len(last) == 1 else host_to_device(last, device)
         self.S_pad = self.nc * L
