@@ -49,9 +49,10 @@ def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
     assert main(args + ["--lr", "2e-3"]) == 0
     r = json.loads(result.read_text())
     assert r["vocab_size"] == 64 and r["optim"]["lr"] == 2e-3 and r["steps"] == 1
-    text = (tmp_path / "mqar.md").read_text()
+    text = (tmp_path / "mqar_V64.md").read_text()  # not mqar.md, the table of Zoology's vocabulary
     assert "vocabulary 64" in text and "| (64, 4) | 16 | lstm | " in text  # the by-query-rank table
-    assert (tmp_path / "mqar.png").exists() == (_has_matplotlib())
+    assert (tmp_path / "mqar_V64.png").exists() == (_has_matplotlib())
+    assert not (tmp_path / "mqar.md").exists()
     assert main(args + ["--lr", "5e-4"]) == 0
     assert json.loads(result.read_text())["optim"]["lr"] == 5e-4
     assert json.loads(result.read_text())["num_heads"] == 1  # the table's default, Zoology's one head

@@ -62,8 +62,7 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
 
         settings = [(64, 4), (128, 8), (256, 16), (512, 64)][: args.settings]
         vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
-        # a reduced vocabulary is a different task: its runs get their own folders (Zoology's 8192 keeps the old ones)
-        tag = "" if vocab == MQAR_VOCAB else f"_V{vocab}"
+        tag = _vocab_tag(args)
         heads = getattr(args, "heads", None) or MQAR_HEADS
         for seq_len, pairs in settings:
             for width in args.widths:
@@ -81,8 +80,18 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
     return cells
 
 
+def _vocab_tag(args) -> str:
+    """A reduced MQAR vocabulary is a different task: its runs, table and plot get their own names ("_V256");
+    Zoology's 8192 keeps the plain ones."""
+    from .runner import MQAR_VOCAB
+
+    vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
+    return "" if vocab == MQAR_VOCAB else f"_V{vocab}"
+
+
 def run_table(name: str, args, log=print) -> Path:
-    """Run the sweep ``name`` ("formal", "mqar" or "lm") and write ``<out>/<name>.md`` and plots."""
+    """Run the sweep ``name`` ("formal", "mqar" or "lm") and write ``<out>/<name>.md`` and plots (MQAR at a reduced
+    vocabulary V: ``<out>/mqar_V<V>.md``)."""
     out = Path(args.out)
     runs = out / "runs" / name
     cells = _cells(name, args)
@@ -108,10 +117,11 @@ def run_table(name: str, args, log=print) -> Path:
                 log(f"  FAILED {key}: {err}")
     results = [json.loads((runs / c[2] / "results.json").read_text()) for c in cells if _done(runs / c[2], c[1])]
     missing = [c[2] for c in cells if not _done(runs / c[2], c[1])]
-    text = _WRITERS[name](results, out)
+    stem = name + (_vocab_tag(args) if name == "mqar" else "")
+    text = _WRITERS[name](results, out, stem)
     if missing:
         text += f"\nMissing cells (budget reached or failed): {', '.join(missing)}\n"
-    path = out / f"{name}.md"
+    path = out / f"{stem}.md"
     path.write_text(text)
     log(f"wrote {path} ({time.time() - start:.0f}s)")
     return path
@@ -163,7 +173,7 @@ def _plt():
     return plt
 
 
-def _formal_table(results, out: Path) -> str:
+def _formal_table(results, out: Path, stem: str) -> str:
     groups = _group(results, "task", "model")
     tasks = list(dict.fromkeys(r["task"] for r in results))
     models = list(dict.fromkeys(r["model"] for r in results))
@@ -188,12 +198,12 @@ def _formal_table(results, out: Path) -> str:
             ax.axvline(40, color="gray", ls=":")
             ax.set(xlabel="test length", ylabel="accuracy", title=task)
             ax.legend(fontsize=7)
-            fig.savefig(out / f"formal_{task}.png", dpi=100, bbox_inches="tight")
+            fig.savefig(out / f"{stem}_{task}.png", dpi=100, bbox_inches="tight")
             plt.close(fig)
     return text
 
 
-def _mqar_table(results, out: Path) -> str:
+def _mqar_table(results, out: Path, stem: str) -> str:
     groups = _group(results, "seq_len", "num_pairs", "width", "model")
     models = list(dict.fromkeys(r["model"] for r in results))
     settings = sorted({(r["seq_len"], r["num_pairs"], r["width"]) for r in results})
@@ -234,7 +244,7 @@ def _mqar_table(results, out: Path) -> str:
                             color=f"C{j}", marker=".", label=f"{m} ({L},{kv})" if k == 0 else None)
             ax.set(xlabel="training step", ylabel="validation accuracy", title=f"MQAR, width {settings[0][2]}")
         ax.legend(fontsize=6)
-        fig.savefig(out / "mqar.png", dpi=100, bbox_inches="tight")
+        fig.savefig(out / f"{stem}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
     return (f"MQAR accuracy at the answer positions (vocabulary {', '.join(map(str, vocabs))}"
             + (f"; heads per layer {', '.join(map(str, heads))}" if heads else "") + "), mean ± half-range over seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
@@ -242,7 +252,7 @@ def _mqar_table(results, out: Path) -> str:
             + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n" + "\n".join(rank_lines) + "\n")
 
 
-def _lm_table(results, out: Path) -> str:
+def _lm_table(results, out: Path, stem: str) -> str:
     groups = {key[0]: rs for key, rs in _group(results, "model").items()}
     lines = ["| model | parameters | width x blocks | tokens | val bits/byte | val loss (nats) |", "|---|---|---|---|---|---|"]
     for m, rs in groups.items():
@@ -258,7 +268,7 @@ def _lm_table(results, out: Path) -> str:
                     marker="o", label=m)
         ax.set(xlabel="training tokens", ylabel="validation loss (nats/byte)", title="LM, embedded corpus")
         ax.legend(fontsize=7)
-        fig.savefig(out / "lm.png", dpi=100, bbox_inches="tight")
+        fig.savefig(out / f"{stem}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
     return ("Validation bits per byte on the embedded corpus, equal parameters and tokens, mean ± half-range over "
             "seeds.\n\n" + "\n".join(lines) + "\n")
