@@ -16,7 +16,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, name
     actual, expected = actual.double(), expected.double()
     assert torch.isfinite(actual).all(), f"{name}: non-finite values"
     assert torch.isfinite(expected).all(), f"{name}: non-finite values in the expected tensor"
-    scale = expected.abs().max().item()
+    scale = expected.abs().max().item() if expected.numel() else 0.0
     err = (actual - expected).abs().max().item() if actual.numel() else 0.0
     assert err <= rtol * scale + atol + 1e-300, f"{name}: max abs error {err:.3e} > {rtol:.1e} x max|expected| {scale:.3e}"
 

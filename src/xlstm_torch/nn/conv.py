@@ -18,6 +18,8 @@ from torch import nn
 
 from xlstm_torch.ops._packing import check_cu_seqlens, document_ids, host_to_device
 
+from .lean import causal_conv, causal_conv_silu, needs_grad
+
 
 class CausalConv1d(nn.Module):
     """Depthwise causal conv1d: y[:, t, d] = bias[d] + sum_j weight[d, j] * x[:, t - (K-1) + j, d].
@@ -59,6 +61,22 @@ class CausalConv1d(nn.Module):
         window = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+S, D)
         return self._conv(window), window[:, S:]  # (B, S, D), (B, K-1, D)
 
+    def forward_silu(self, x: torch.Tensor, state: torch.Tensor | None = None,
+                     cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """SiLU of ``forward``'s output and the new state: the blocks' "Conv4 + Swish".
+
+        In training on unpacked rows it runs ``causal_conv_silu`` (nn/lean.py), which keeps x and the
+        state for the backward instead of the padded window and the pre-activation.
+        """
+        if cu_seqlens is not None or not needs_grad(x, state, self.weight, self.bias):
+            y, state = self(x, state, cu_seqlens)
+            return F.silu(y), state
+        B, S, D = x.shape
+        K1 = self.kernel_size - 1
+        state = x.new_zeros(B, K1, D) if state is None else state.to(x.dtype)
+        y = causal_conv_silu(x, state, self.weight, self.bias)  # (B, S, D)
+        return y, (x[:, S - K1:] if S >= K1 else torch.cat([state, x], dim=1)[:, S:])  # the last K-1 inputs
+
     def step(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoding step: x (B, D) and state (B, K-1, D) or None -> y (B, D), state (B, K-1, D).
 
@@ -73,8 +91,7 @@ class CausalConv1d(nn.Module):
 
     def _conv(self, window: torch.Tensor) -> torch.Tensor:
         """(B, K-1+S, D) inputs -> (B, S, D) outputs, one per full window of K."""
-        y = F.conv1d(window.transpose(1, 2), self.weight[:, None, :], self.bias, groups=self.dim)  # (B, D, S)
-        return y.transpose(1, 2)
+        return causal_conv(window, self.weight, self.bias)
 
     def _packed(self, x: torch.Tensor, state: torch.Tensor | None, cu_seqlens: tuple[int, ...]):
         """Each document gets K-1 slots of its own state in front of it (zeros when None), then one

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .decode import WeightCache, decoding
+from .lean import HeadwiseLinearFunction, needs_grad
 
 GROUP_WIDTH = 32  # widest merged group of blocks (input or output features) the forward builds
 
@@ -65,11 +66,14 @@ class HeadwiseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_features) -> (..., out_features); equal to ``headwise_linear_reference``."""
         if self.heads_per_group == 1:
-            return headwise_linear_reference(x, self.weight, self.bias)
-        if decoding(x, self):  # the merged weight is the same until the weight changes (nn/decode.py)
+            grouped = self.weight
+        elif decoding(x, self):  # the merged weight is the same until the weight changes (nn/decode.py)
             grouped = self.grouped_weight.get([self.weight], self._grouped)
         else:
             grouped = self._grouped()
+        if needs_grad(x, grouped):  # training: keep x for the backward, not einsum's head-major copy of it
+            y = HeadwiseLinearFunction.apply(x, grouped)
+            return y if self.bias is None else y + self.bias
         return headwise_linear_reference(x, grouped, self.bias)
 
     def step(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .conv import CausalConv1d
 from .decode import WeightCache, decoding, linear
 from .functional import round_up, state_dtype
 from .init import small_init_, wang_init_, zero_bias_
+from .lean import mlstm_output_gate, needs_grad
 from .linear import HeadwiseLinear
 from .norm import LayerNorm, MultiHeadNorm
 from .state import LayerState
@@ -130,15 +131,20 @@ class MLSTMLayer(nn.Module):
         NH, DH = self.num_heads, self.head_dim
         conv_state, cell_state = (None, None) if state is None else state
         x_in, z = self.proj_up(x).chunk(2, dim=-1)  # (B, S, Di) each
-        x_conv, conv_state = self.conv(x_in, conv_state, cu_seqlens)
-        x_conv = F.silu(x_conv)  # (B, S, Di)
+        x_conv, conv_state = self.conv.forward_silu(x_in, conv_state, cu_seqlens)  # (B, S, Di)
         q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_in)  # (B, S, Di) each
         i, f = self.gate_preacts(q, k, v)  # (B, S, NH) each
         h, cell_state = multihead_mlstm(q.view(B, S, NH, DH), k.view(B, S, NH, DH), v.view(B, S, NH, DH), i, f,
                                         cell_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
                                         return_state=return_state)  # (B, S, NH, DH)
-        h = self.multihead_norm(h).reshape(B, S, -1)  # (B, S, Di)
-        h = (h + self.learnable_skip * x_conv) * F.silu(z)
+        norm = self.multihead_norm
+        if needs_grad(h, x_conv, z, norm.weight, self.learnable_skip) and h.dtype in (torch.float32, torch.float64) \
+                and h.dtype == x_conv.dtype == norm.weight.dtype == self.learnable_skip.dtype:
+            # training: the same function, saving only tensors that stay alive anyway (nn/lean.py)
+            h = mlstm_output_gate(h, norm.weight, x_conv, self.learnable_skip, z, norm.eps)  # (B, S, Di)
+        else:
+            h = norm(h).reshape(B, S, -1)  # (B, S, Di)
+            h = (h + self.learnable_skip * x_conv) * F.silu(z)
         y = self.dropout(self.proj_down(h))  # (B, S, D)
         return y, LayerState(conv_state, cell_state) if return_state else None
 

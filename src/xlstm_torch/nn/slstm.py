@@ -95,8 +95,7 @@ class SLSTMLayer(nn.Module):
         B, S, D = x.shape
         conv_state, cell_state = (None, None) if state is None else state
         if self.conv is not None:
-            x_conv, conv_state = self.conv(x, conv_state, cu_seqlens)
-            x_conv = F.silu(x_conv)  # (B, S, D)
+            x_conv, conv_state = self.conv.forward_silu(x, conv_state, cu_seqlens)  # (B, S, D)
         else:
             x_conv = x
         gate_inputs = (self.igate_preact(x_conv), self.fgate_preact(x_conv), self.zgate_preact(x), self.ogate_preact(x))

@@ -186,6 +186,8 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         BH, dtype = B * NH, q.dtype
         fw = _Forward(q, k, v, i, f, C0, m0, _Layout(S, ctx.chunk_size, ctx.cu_seqlens, q.device))
         layout, st, fac, qc, vc, kw, C_in, C_last = fw.layout, fw.st, fw.fac, fw.qc, fw.vc, fw.kw, fw.C_in, fw.C_last
+        kc, f64 = fw.kc if fac["unsafe"] is not None else None, fw.f64
+        del fw  # from here on each (BH nc, L, ·) temporary is dropped once used: it sets the step's peak memory
         L, nc = layout.L, layout.nc
 
         # h_j = num_j / Q_j with Q_j = max(|den_j|, exp(-m_j)) + eps; num_j, den_j ∝ exp(ℓ_j).
@@ -196,24 +198,30 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         dnum = dh.new_empty(BH * nc, L, DV + 1)  # (BH nc, L, DV+1): numerator and normaliser columns
         torch.div(dh, Q[..., None], out=dnum[..., :DV])
         dnum[..., DV] = dden
+        del dh
         dl = dh_dot_h + dden * den  # dℓ_j
 
         # Carried state: num += (q exp(m_{k-1} - M_j)) C̄_in.
         dnum_carry = dnum * fac["carry"].view(-1, L, 1)
         dq = dnum_carry @ _flat(C_in).transpose(-1, -2)  # (BH nc, L, DK)
         into_state = _flat(qc).transpose(-1, -2) @ dnum_carry  # (BH nc, DK, DV+1)
+        del dnum_carry
         if dC_last is None:
             dC_last = torch.zeros_like(C_last)
         dC_end, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac,
                                                    layout.chunk_bounds)
+        del into_state
         # dg_k = <dC̄_end_k, C̄_end_k>: both parts of the state leaving chunk k are ∝ exp(g_k). That
         # state is the next chunk's input, or for a document's last chunk the document's final state.
         dg = torch.empty(BH, nc, dtype=dtype, device=q.device)
         dg[:, :-1] = _dot(dC_end[:, :-1], C_in[:, 1:])
         dg[:, layout.last_chunks] = _dot(dC_end[:, layout.last_chunks], C_last)
+        del dC_end, C_in
 
         # Intra-chunk part: num += tril((q exp(c - M_j)) kwᵀ) v.
         dnum_row = dnum * fac["row"].view(-1, L, 1)
+        if fac["unsafe"] is None:
+            del dnum
         dscores = (dnum_row @ _flat(vc).transpose(-1, -2)).tril_()  # (BH nc, L, L)
         scores = (_flat(qc) @ _flat(kw).transpose(-1, -2)).tril_()
         if fac["unsafe"] is not None:
@@ -223,13 +231,16 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         # The chunk's own inflow to the state it leaves: inflow_k kwᵀ v.
         dC_inflow = _flat(dC_inflow)  # (BH nc, DK, DV+1) gradient on the chunk's unweighted update kwᵀ v
         dkw = (dscores.transpose(-1, -2) @ _flat(qc)).baddbmm_(_flat(vc), dC_inflow.transpose(-1, -2))
+        del dscores
         dv = (scores.transpose(-1, -2) @ dnum_row).baddbmm_(_flat(kw), dC_inflow)[..., :DV]
+        del scores, dnum_row, dC_inflow
         dk = dkw * fac["w"].view(-1, L, 1)
         du = (dkw * _flat(kw)).sum(-1)  # (BH nc, L)  kw_l ∝ exp(u_l)
+        del dkw
         if fac["unsafe"] is not None:
             sel = fac["unsafe"]
             with torch.enable_grad():
-                leaves = [_flat(x)[sel].detach().requires_grad_(True) for x in (qc, fw.kc, vc, st["u"])]
+                leaves = [_flat(x)[sel].detach().requires_grad_(True) for x in (qc, kc, vc, st["u"])]
                 num_u = _intra_log_weights(*leaves, st["M"].reshape(-1, L)[sel], DK)
                 gq, gk, gv, gu = torch.autograd.grad(num_u, leaves, dnum[sel])
             dq[sel] += gq
@@ -242,7 +253,7 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         db[..., -1] += dg.double()
         dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
         di = layout.unpad(du.double().reshape(BH, nc * L))  # (BH, S)
-        df = layout.unpad(dlog_f * torch.sigmoid(-fw.f64))
+        df = layout.unpad(dlog_f * torch.sigmoid(-f64))
 
         # Stabiliser path (module docstring): h_j depends on m_j through eps; the returned m is an
         # output and the returned C̄, n̄ carry exp(-m); dm0 also collects the initial state's scale.
