@@ -119,6 +119,19 @@ def test_conv_backward_matches_conv1d(dtype, tol, K):
     assert torch.autograd.gradcheck(CausalConvFunction.apply, (window64, w.detach().double().requires_grad_(), None))
 
 
+def test_conv_backward_bfloat16_within_its_precision():
+    """bfloat16: the shift-and-add backward against the float64 gradient, as close as conv1d's own."""
+    g = torch.Generator().manual_seed(6)
+    window, w = torch.randn(2, 3 + 16, 8, generator=g), torch.randn(8, 4, generator=g)
+    cot = torch.randn(2, 16, 8, generator=g)
+    w64 = window.double().requires_grad_()
+    exact = torch.autograd.grad(_conv_window(w64, w.double(), None), w64, cot.double())[0]
+    wb = window.bfloat16().requires_grad_()
+    got = torch.autograd.grad(CausalConvFunction.apply(wb, w.bfloat16(), None), wb, cot.bfloat16())[0]
+    assert got.dtype == torch.bfloat16
+    assert_close(got, exact, 2 ** -7, "d_window")  # bfloat16's 8 significant bits
+
+
 def test_conv_silu_gradcheck():
     g = torch.Generator().manual_seed(3)
     x, state = torch.randn(2, 5, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, 3, generator=g, dtype=torch.float64)

@@ -113,9 +113,12 @@ def _conv_window_backward(d_out: torch.Tensor, window: torch.Tensor, weight: tor
     K, S = weight.shape[1], d_out.shape[1]
     d_window = d_weight = d_bias = None
     if needs[0]:
-        d_window = window.new_zeros(window.shape)  # (B, K-1+S, D)
+        # K terms per element: summed in float32 for float16/bfloat16, rounded once (as conv1d's backward does)
+        acc = torch.float32 if window.dtype in (torch.float16, torch.bfloat16) else window.dtype
+        d_window = window.new_zeros(window.shape, dtype=acc)  # (B, K-1+S, D)
         for j in range(K):  # output t reads window t + j with tap j
             d_window[:, j:j + S].addcmul_(d_out, weight[:, j])
+        d_window = d_window.to(window.dtype)
     if needs[1]:
         d_weight = torch.stack([(d_out * window[:, j:j + S]).sum((0, 1)) for j in range(K)], dim=1)  # (D, K)
     if needs[2]:
