@@ -134,7 +134,8 @@ def test_conv_backward_bfloat16_within_its_precision():
 
 def test_conv_silu_gradcheck():
     g = torch.Generator().manual_seed(3)
-    x, state = torch.randn(2, 5, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    state = torch.randn(2, 3, 3, generator=g, dtype=torch.float64)
     w, b = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
     assert torch.autograd.gradcheck(causal_conv_silu, [t.requires_grad_() for t in (x, state, w, b)])
 

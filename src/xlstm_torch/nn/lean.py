@@ -1,16 +1,17 @@
-"""Memory-lean autograd functions for training the mLSTM block (xLSTM paper Sec. 2.4, its mLSTM block figure).
+"""Memory-lean autograd functions for training the xLSTM blocks (xLSTM paper Sec. 2.4, its block figures).
 
 In a training step the activations that autograd keeps for the backward, not the weights, set the peak memory.
 Composed from separate torch ops, the mLSTM block keeps several (B, S, Di) tensors that exist only because one
 op's output is the next op's saved input: the head-major copies that ``einsum`` makes of the q/k/v projections'
-inputs, the SiLU of z, the sum ``h + skip ⊙ x_conv``, the multi-head norm's output. The functions here compute
-the same values and keep only tensors that stay alive anyway (the layer's inputs and views of them) plus
-per-row statistics; the backward recomputes the cheap pointwise parts. Each has its reference twin, the plain
-composition, in the layer code (``headwise_linear_reference``; ``MultiHeadNorm`` then the output gate), and
-tests/nn/test_nn_lean.py holds them against it for outputs and every gradient.
+inputs, the SiLU of z, the sum ``h + skip ⊙ x_conv``, the multi-head norm's output, the conv's padded window and
+pre-activation (the sLSTM block has the conv too). The functions here compute the same values and keep only
+tensors that stay alive anyway (the layer's inputs and views of them) plus per-row statistics; the backward
+recomputes the cheap pointwise parts. Each has its reference twin, the plain composition, in the layer code
+(``headwise_linear_reference``; ``MultiHeadNorm`` then the output gate; ``CausalConv1d.forward`` then SiLU), and
+tests/nn/test_nn_lean.py holds them against it for outputs and every gradient. ``CausalConvFunction`` is the
+conv alone with a faster backward (shifted multiply-adds), used by the plain path too.
 
-The layers take these paths only when autograd records (``needs_grad``); inference runs the plain ops.
-"""
+The layers take these paths only when autograd records (``needs_grad``); inference runs the plain ops."""
 
 from __future__ import annotations
 
