@@ -8,9 +8,8 @@ import torch.nn.functional as F
 from tests.helpers import assert_close
 from xlstm_torch.nn import CausalConv1d, MLSTMLayer, SLSTMLayer
 from xlstm_torch.nn import lean
-from xlstm_torch.nn.lean import (CausalConvFunction, HeadwiseLinearFunction, _conv_window, causal_conv_silu,
-                                 mlstm_output_gate)
-from xlstm_torch.nn.linear import headwise_linear_reference
+from xlstm_torch.nn.lean import CausalConvFunction, _conv_window, causal_conv_silu, mlstm_output_gate
+from xlstm_torch.nn.linear import HeadwiseLinearFunction, headwise_linear_reference
 
 
 def output_gate_reference(h, weight, x_conv, skip, z, eps):

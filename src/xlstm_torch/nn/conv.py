@@ -56,9 +56,7 @@ class CausalConv1d(nn.Module):
         B, S, D = x.shape
         if cu_seqlens is not None:
             return self._packed(x, state, check_cu_seqlens(cu_seqlens, S, B))
-        if state is None:
-            state = x.new_zeros(B, self.kernel_size - 1, D)
-        window = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+S, D)
+        window = torch.cat([self._state_or_zeros(x, state), x], dim=1)  # (B, K-1+S, D)
         return self._conv(window), window[:, S:]  # (B, S, D), (B, K-1, D)
 
     def forward_silu(self, x: torch.Tensor, state: torch.Tensor | None = None,
@@ -71,11 +69,16 @@ class CausalConv1d(nn.Module):
         if cu_seqlens is not None or not needs_grad(x, state, self.weight, self.bias):
             y, state = self(x, state, cu_seqlens)
             return F.silu(y), state
-        B, S, D = x.shape
-        K1 = self.kernel_size - 1
-        state = x.new_zeros(B, K1, D) if state is None else state.to(x.dtype)
+        S, K1 = x.shape[1], self.kernel_size - 1
+        state = self._state_or_zeros(x, state)
         y = causal_conv_silu(x, state, self.weight, self.bias)  # (B, S, D)
         return y, (x[:, S - K1:] if S >= K1 else torch.cat([state, x], dim=1)[:, S:])  # the last K-1 inputs
+
+    def _state_or_zeros(self, x: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """The K-1 inputs before x (B, S, D) in x's dtype: ``state``, or zeros when None."""
+        if state is None:
+            return x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
+        return state.to(x.dtype)
 
     def step(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoding step: x (B, D) and state (B, K-1, D) or None -> y (B, D), state (B, K-1, D).

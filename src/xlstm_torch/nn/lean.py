@@ -7,8 +7,9 @@ inputs, the SiLU of z, the sum ``h + skip ⊙ x_conv``, the multi-head norm's ou
 pre-activation (the sLSTM block has the conv too). The functions here compute the same values and keep only
 tensors that stay alive anyway (the layer's inputs and views of them) plus per-row statistics; the backward
 recomputes the cheap pointwise parts. Each has its reference twin, the plain composition, in the layer code
-(``headwise_linear_reference``; ``MultiHeadNorm`` then the output gate; ``CausalConv1d.forward`` then SiLU), and
-tests/nn/test_nn_lean.py holds them against it for outputs and every gradient. ``CausalConvFunction`` is the
+(``MultiHeadNorm`` then the output gate; ``CausalConv1d.forward`` then SiLU; the head-wise q/k/v projections'
+function lives beside its twin as ``linear.HeadwiseLinearFunction``), and tests/nn/test_nn_lean.py holds them
+against it for outputs and every gradient. ``CausalConvFunction`` is the
 conv alone with a faster backward (shifted multiply-adds), used by the plain path too.
 
 The layers take these paths only when autograd records (``needs_grad``); inference runs the plain ops."""
@@ -22,33 +23,6 @@ import torch.nn.functional as F
 def needs_grad(*tensors: torch.Tensor | None) -> bool:
     """Whether autograd records an op on ``tensors``: grad mode on and one of them requires a gradient."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-class HeadwiseLinearFunction(torch.autograd.Function):
-    """y = x @ blockdiag(W_1, ..., W_G)ᵀ for x (..., G·I) and weight (G, O, I) -> y (..., G·O).
-
-    Saves x and the weight (``einsum`` would save a head-major copy of x, one per projection, although
-    x itself stays alive: q and k read the same x_conv, v reads x_in, which the layer keeps anyway).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        heads = x.unflatten(-1, (weight.shape[0], -1))  # (..., G, I)
-        return torch.einsum("...gi,goi->...go", heads, weight).flatten(-2)  # (..., G·O)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        G = weight.shape[0]
-        dy = grad.unflatten(-1, (G, -1))  # (..., G, O)
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.einsum("...go,goi->...gi", dy, weight).flatten(-2)  # (..., G·I)
-        if ctx.needs_input_grad[1]:
-            heads = x.unflatten(-1, (G, -1)).reshape(-1, G, weight.shape[2])  # (N, G, I)
-            dw = torch.einsum("ngo,ngi->goi", dy.reshape(-1, G, weight.shape[1]), heads)  # (G, O, I)
-        return dx, dw
 
 
 class MLSTMOutputGateFunction(torch.autograd.Function):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .decode import WeightCache, decoding
-from .lean import HeadwiseLinearFunction, needs_grad
+from .lean import needs_grad
 
 GROUP_WIDTH = 32  # widest merged group of blocks (input or output features) the forward builds
 
@@ -29,6 +29,32 @@ def headwise_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch
     heads = x.unflatten(-1, (weight.shape[0], -1))  # (..., NH, in/NH)
     y = torch.einsum("...hi,hoi->...ho", heads, weight).flatten(-2)  # (..., out)
     return y if bias is None else y + bias
+
+
+class HeadwiseLinearFunction(torch.autograd.Function):
+    """y = x @ blockdiag(W_1, ..., W_G)ᵀ for x (..., G·I) and weight (G, O, I) -> y (..., G·O).
+
+    Saves x and the weight (``einsum`` would save a head-major copy of x, one per projection, although
+    x itself stays alive: q and k read the same x_conv, v reads x_in, which the layer keeps anyway).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return headwise_linear_reference(x, weight, None)  # (..., G·O)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        G = weight.shape[0]
+        dy = grad.unflatten(-1, (G, -1))  # (..., G, O)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.einsum("...go,goi->...gi", dy, weight).flatten(-2)  # (..., G·I)
+        if ctx.needs_input_grad[1]:
+            heads = x.unflatten(-1, (G, -1)).reshape(-1, G, weight.shape[2])  # (N, G, I)
+            dw = torch.einsum("ngo,ngi->goi", dy.reshape(-1, G, weight.shape[1]), heads)  # (G, O, I)
+        return dx, dw
 
 
 def _heads_per_group(num_heads: int, block_width: int) -> int:

@@ -22,7 +22,7 @@ from xlstm_torch import ops
 
 from .conv import CausalConv1d
 from .decode import WeightCache, decoding, linear
-from .functional import round_up, state_dtype
+from .functional import reduction_dtype, round_up, state_dtype
 from .init import small_init_, wang_init_, zero_bias_
 from .lean import mlstm_output_gate, needs_grad
 from .linear import HeadwiseLinear
@@ -141,8 +141,8 @@ class MLSTMLayer(nn.Module):
                                         cell_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
                                         return_state=return_state)  # (B, S, NH, DH)
         norm = self.multihead_norm
-        if needs_grad(h, x_conv, z, norm.weight, self.learnable_skip) and h.dtype in (torch.float32, torch.float64) \
-                and h.dtype == x_conv.dtype == norm.weight.dtype == self.learnable_skip.dtype:
+        if needs_grad(h, x_conv, z, norm.weight, self.learnable_skip) and reduction_dtype(h.dtype) == h.dtype \
+                == x_conv.dtype == norm.weight.dtype == self.learnable_skip.dtype:  # MultiHeadNorm's no-cast case
             # training: the same function, saving only tensors that stay alive anyway (nn/lean.py)
             h = mlstm_output_gate(h, norm.weight, x_conv, self.learnable_skip, z, norm.eps)  # (B, S, Di)
         else:
