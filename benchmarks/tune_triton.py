@@ -11,7 +11,9 @@ scan runs twice, once more in the backward), and each kernel keeps the candidate
 time summed over the --seq-lens (65,536 tokens per call, bf16, NH 16, DK 128, DV 256 by default:
 the shapes of issue 6's targets). Candidate 0 of every kernel is the current default, so the
 printed table reads as "default vs best". A candidate that fails to launch (shared memory, say)
-is timed alone to find which kernel it was, and recorded as failed.
+is timed alone to find which kernel it was, and recorded as failed; so is one whose results differ
+from the defaults' by more than bf16 rounding (``wrong_kernels``: Triton has compiled a launch
+configuration wrong before).
 
 The sweep is a tool, not a test: it needs CUDA, and without it says so and exits 0.
 """
@@ -47,9 +49,10 @@ CANDIDATES = {
                    _scan(32, 64, 128, 4, 3), _scan(32, 128, 128, 8, 2), _scan(64, 64, 128, 8, 2), _scan(16, 64, 128, 4, 2)],
     "bwd_states": [_scan(64, 64, 64, 4, 2), _scan(32, 64, 64, 4, 2), _scan(32, 64, 128, 4, 2), _scan(64, 64, 128, 8, 2),
                    _scan(64, 64, 64, 4, 3), _scan(32, 32, 64, 4, 2), _scan(64, 128, 64, 8, 2), _scan(32, 128, 64, 4, 2)],
-    "fwd_out": [_tile(64, 64, 128, 256, 8, 2), _tile(64, 64, 128, 128, 8, 2), _tile(64, 64, 128, 128, 4, 3),
-                _tile(128, 64, 128, 128, 8, 2), _tile(128, 128, 128, 128, 8, 2), _tile(64, 64, 128, 128, 4, 2),
-                _tile(64, 32, 128, 128, 4, 2), _tile(128, 64, 128, 64, 8, 3)],
+    # fwd_out with 8 warps and 2 stages came out wrong on an H200 (launch_configs): one stage where 8 warps
+    "fwd_out": [_tile(64, 64, 128, 256, 8, 1), _tile(64, 64, 128, 256, 4, 1), _tile(64, 64, 128, 128, 4, 3),
+                _tile(128, 64, 128, 128, 8, 1), _tile(128, 128, 128, 128, 8, 1), _tile(64, 64, 128, 128, 4, 2),
+                _tile(64, 32, 128, 128, 4, 2), _tile(128, 64, 128, 64, 4, 1)],
     "bwd_dq": [_tile(128, 128, 128, 64, 8, 2), _tile(64, 64, 128, 128, 4, 2), _tile(64, 128, 128, 128, 8, 2),
                _tile(128, 64, 128, 128, 8, 2), _tile(128, 128, 128, 128, 8, 3), _tile(128, 128, 128, 128, 8, 2),
                _tile(64, 64, 128, 64, 4, 3), _tile(128, 64, 64, 128, 8, 2)],
@@ -80,6 +83,30 @@ def kernel_times(call, iters: int) -> dict[str, float]:
     return {name: t / iters for name, t in totals.items()}
 
 
+# Two correct launch configurations differ only in the order of fp32 sums, so their bf16 results differ
+# by about their rounding (~4e-3 of the largest entry); a miscompiled one was off by 0.1-0.8.
+WRONG = 2e-2
+
+
+def max_relative_difference(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The largest |got - expected| over each tensor's largest |expected|, across the pairs."""
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+               for a, b in zip(got, expected))
+
+
+def wrong_kernels(chosen: dict[str, dict], outputs, expected: list[torch.Tensor]) -> dict[str, float]:
+    """The kernels whose candidate in ``chosen`` changes the results by more than WRONG: {name: difference}.
+
+    ``outputs(overrides)`` is h and the input gradients of one forward+backward with those launch
+    parameters over the defaults; ``expected`` is ``outputs({})``, the defaults (which the CUDA test
+    test_benchmark_shape_in_16_bit checks at this shape). The sweep times; this keeps it from picking a
+    fast launch configuration that Triton compiled wrong."""
+    if max_relative_difference(outputs(chosen), expected) <= WRONG:
+        return {}
+    alone = {name: max_relative_difference(outputs({name: candidate}), expected) for name, candidate in chosen.items()}
+    return {name: d for name, d in alone.items() if d > WRONG}
+
+
 def pick(times: dict[str, list[float]]) -> dict[str, int]:
     """Per kernel, the candidate index of least time (inf: failed or not run)."""
     return {name: min(range(len(ts)), key=ts.__getitem__) for name, ts in times.items()}
@@ -103,6 +130,17 @@ def sweep(args) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
 
         def call():
             return torch.autograd.grad(mlstm(*leaves, backend="triton", chunk_size=args.chunk_size), leaves, dh)
+
+        def outputs(overrides):
+            triton_chunkwise.CONFIG_OVERRIDES.clear()
+            triton_chunkwise.CONFIG_OVERRIDES.update(overrides)
+            try:
+                h = mlstm(*leaves, backend="triton", chunk_size=args.chunk_size)
+                return [h.detach(), *torch.autograd.grad(h, leaves, dh)]
+            finally:
+                triton_chunkwise.CONFIG_OVERRIDES.clear()
+
+        expected = outputs({})
 
         if S == args.seq_lens[0]:  # the profiler must see our kernels under their names
             seen = kernel_times(call, 1)
@@ -132,12 +170,16 @@ def sweep(args) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
                         errors[name][min(n, len(CANDIDATES[name]) - 1)] = f"{type(e).__name__}: {e}"[:120]
             finally:
                 triton_chunkwise.CONFIG_OVERRIDES.clear()
+            runnable = {name: c for name, c in chosen.items() if math.isfinite(measured[name])}
+            for name, d in wrong_kernels(runnable, outputs, expected).items():
+                measured[name] = math.inf
+                errors[name][min(n, len(CANDIDATES[name]) - 1)] = f"wrong results: {d:.1e} of the largest entry off"
             for name in KERNELS:
                 if n < len(CANDIDATES[name]):
                     times[name][n] += measured[name]
             print(f"S={S} candidate {n}: " + ", ".join(f"{k} {t:.3f}" for k, t in measured.items()), file=sys.stderr,
                   flush=True)
-        del leaves, dh, q, k, v, i, f
+        del leaves, dh, q, k, v, i, f, expected
         torch.cuda.empty_cache()
     return times, errors
 

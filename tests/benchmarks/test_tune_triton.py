@@ -49,3 +49,20 @@ def test_wide_value_tiles_only_with_large_shared_memory():
     fp32 = triton_chunkwise.launch_configs(4, 128, 256, 128, large_smem=True)  # 4-byte operands: the cap stays
     assert max(c.get("BV", 0) for c in fp32.values()) == 64
     assert not triton_chunkwise.large_shared_memory(torch.device("cpu"))
+
+
+def test_wrong_kernels_finds_the_candidate_that_changes_the_results():
+    expected = [torch.ones(4, 3), torch.full((2,), -2.0)]
+    calls = []
+
+    def outputs(overrides):  # fwd_out's candidate is compiled wrong; dq's only reorders sums
+        calls.append(dict(overrides))
+        off = 0.3 if overrides.get("fwd_out") == "bad" else 0.0
+        return [expected[0] + off, expected[1] * (1 + 1e-3 * ("bwd_dq" in overrides))]
+
+    chosen = {"fwd_out": "bad", "bwd_dq": "reordered"}
+    assert tune.wrong_kernels(chosen, outputs, expected) == {"fwd_out": pytest.approx(0.3)}
+    assert calls[1:] == [{"fwd_out": "bad"}, {"bwd_dq": "reordered"}]  # each alone once the set is off
+    calls.clear()
+    assert tune.wrong_kernels({"bwd_dq": "reordered"}, outputs, expected) == {} and len(calls) == 1
+    assert tune.max_relative_difference([torch.zeros(2)], [torch.zeros(2)]) == 0.0

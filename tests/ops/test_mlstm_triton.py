@@ -102,6 +102,20 @@ def test_low_precision_against_float64_reference(dtype, with_state):
     compare((h, st, g), expected, RTOL[dtype])
 
 
+@pytest.mark.skipif(not CUDA, reason="the launch parameters of large head dims matter only compiled on a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_benchmark_shape_in_16_bit(dtype):
+    """At the GPU benchmark's head dims and chunk (DK 128, DV 256, L 128) the kernels take their widest
+    tiles and most warps, which the small shapes above never reach. One such launch configuration was
+    once compiled wrong by Triton (see launch_configs): this shape is where it showed."""
+    inputs = make_inputs(B=1, NH=2, S=600, DK=128, DV=256, dtype=dtype)
+    state = make_state(B=1, NH=2, DK=128, DV=256)
+    expected = run_linear([x.detach().double().requires_grad_(True) for x in inputs], "reference", state)
+    got = run_linear(on_device(inputs), "triton", MLSTMState(*on_device([x.float() for x in state])),
+                     chunk_size=128)
+    compare(got, expected, RTOL[dtype])
+
+
 @pytest.mark.parametrize("splits", [[17, 5], [30, 1, 1, 20]], ids=lambda s: "-".join(map(str, s)))
 def test_state_passing_equals_one_call(splits):
     inputs = [x.detach().to(DEVICE) for x in make_inputs(S=65)]

@@ -5,7 +5,9 @@ tensors laid out (BH, nc·L, D) for tokens, (BH, nc·L) for per-step gate number
 for chunk states. A chunk of L steps is cut into tiles of BQ (queries) or BT (keys/values) steps,
 so the chunk size is independent of the on-chip tile (two-level tiling); the head dims are cut
 into tiles of BK (DK) and BV (DV). Matrix operands are in the input dtype (bf16/fp16; fp32 and
-fp64 inputs use exact fp32/fp64 products), every accumulator and state is fp32 (fp64 for fp64).
+fp64 inputs use exact fp32/fp64 products), every accumulator is fp32 (fp64 for fp64). A chunk state
+read only as a product's operand (C̄ for fwd_out, dC̄ for dk and dv) may be stored in that operand
+dtype: the kernels then take their accumulator dtype from the fp32 vector state beside it (n̄, dn̄).
 """
 
 from __future__ import annotations
@@ -101,8 +103,8 @@ def fwd_states_kernel(k_ptr, v_ptr, inw_ptr, decay_ptr, first_ptr, last_ptr,
     bh, pk, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     dk = pk * BK + tl.arange(0, BK)
     dv = pv * BV + tl.arange(0, BV)
-    C = tl.zeros((BK, BV), dtype=Cin_ptr.dtype.element_ty)
-    n = tl.zeros((BK,), dtype=Cin_ptr.dtype.element_ty)
+    C = tl.zeros((BK, BV), dtype=nin_ptr.dtype.element_ty)  # fp32 (fp64); Cin may be stored narrower
+    n = tl.zeros((BK,), dtype=nin_ptr.dtype.element_ty)
     n_sub = tl.cdiv(L, BT)
     total = nc * n_sub
     row_base = bh * nc * L
@@ -146,7 +148,7 @@ def fwd_out_kernel(q_ptr, k_ptr, v_ptr, u_ptr, M_ptr, carry_ptr, floor_ptr, Cin_
     j = pq * BQ + tl.arange(0, BQ)
     dv = pv * BV + tl.arange(0, BV)
     jm = j < L
-    acc_dtype = Cin_ptr.dtype.element_ty
+    acc_dtype = nin_ptr.dtype.element_ty
     num = tl.zeros((BQ, BV), dtype=acc_dtype)
     den = tl.zeros((BQ,), dtype=acc_dtype)
     for k0 in range(0, DK, BK):
@@ -210,7 +212,7 @@ def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, fir
     bh, pk, pv = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     dk = pk * BK + tl.arange(0, BK)
     dv = pv * BV + tl.arange(0, BV)
-    acc_dtype = dCend_ptr.dtype.element_ty
+    acc_dtype = dnend_ptr.dtype.element_ty  # fp32 (fp64); dCend may be stored narrower
     dC = tl.zeros((BK, BV), dtype=acc_dtype)
     dn = tl.zeros((BK,), dtype=acc_dtype)
     n_sub = tl.cdiv(L, BT)
@@ -311,7 +313,7 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
     j = pq * BQ + tl.arange(0, BQ)
     dk = pk * BK + tl.arange(0, BK)
     jm = j < L
-    acc_dtype = Cin_ptr.dtype.element_ty
+    acc_dtype = nin_ptr.dtype.element_ty
     dot_dtype = q_ptr.dtype.element_ty
     rQ = tl.load(rQ_ptr + row0 + j, mask=jm, other=0.0)
     dq = tl.zeros((BQ, BK), dtype=acc_dtype)
@@ -348,7 +350,7 @@ def bwd_dk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, i
     t = pt * BT + tl.arange(0, BT)
     tm = t < L
     dk = pk * BK + tl.arange(0, BK)
-    acc_dtype = dCend_ptr.dtype.element_ty
+    acc_dtype = dnend_ptr.dtype.element_ty
     dot_dtype = q_ptr.dtype.element_ty
     acc = tl.zeros((BT, BK), dtype=acc_dtype)
     for v0 in range(0, DV, BV):  # state part: v_l dC̄_endᵀ
@@ -384,7 +386,7 @@ def bwd_dv_kernel(q_ptr, k_ptr, dh_ptr, rQ_ptr, u_ptr, M_ptr, inw_ptr, dCend_ptr
     t = pt * BT + tl.arange(0, BT)
     tm = t < L
     dv = pv * BV + tl.arange(0, BV)
-    acc_dtype = dCend_ptr.dtype.element_ty
+    acc_dtype = inw_ptr.dtype.element_ty
     dot_dtype = q_ptr.dtype.element_ty
     acc = tl.zeros((BT, BV), dtype=acc_dtype)
     for k0 in range(0, DK, BK):  # state part: k_l dC̄_end

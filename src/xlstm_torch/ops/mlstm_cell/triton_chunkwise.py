@@ -108,10 +108,15 @@ class _Plan:
         dims = tuple(triton_cdiv(self.DK if t == "BK" else self.DV, cfg[t]) for t in _HEAD_DIM_SPLITS[name])
         getattr(_kernels(), name + "_kernel")[(rows, *tiles_in_chunk, *dims)](*args, **cfg, PRECISION=self.precision)
 
-    def states(self, C0, n0):
-        """Forward scan: C̄, n̄ entering every chunk (BH, nc, DK, DV), (BH, nc, DK), and each document's last."""
+    def states(self, C0, n0, C_dtype: torch.dtype):
+        """Forward scan: C̄, n̄ entering every chunk (BH, nc, DK, DV), (BH, nc, DK), and each document's last.
+
+        C̄ is stored in ``C_dtype``: the input dtype where only matrix products read it (they take their
+        operands in that dtype, so rounding at the store gives them the same numbers and halves the
+        traffic of bf16/fp16), the state dtype where the reverse scan needs it exactly. The scan itself,
+        n̄ and the returned final states stay in the state dtype."""
         BH, nc, DK, DV = self.BH, self.nc, self.DK, self.DV
-        Cin = torch.empty(BH, nc, DK, DV, dtype=self.sdtype, device=self.q.device)
+        Cin = torch.empty(BH, nc, DK, DV, dtype=C_dtype, device=self.q.device)
         nin = torch.empty(BH, nc, DK, dtype=self.sdtype, device=self.q.device)
         Clast, nlast = torch.empty_like(C0), torch.empty_like(n0)
         self.launch("fwd_states", self.k, self.v, self.inw, self.decay, self.first, self.last, C0, n0, Cin, nin,
@@ -153,8 +158,10 @@ def launch_configs(element_size: int, DK: int, DV: int, L: int, large_smem: bool
     cfg = {
         "fwd_states": dict(BK=tile(DK, 32), BV=tile(DV, 64), BT=tile(L, 128), num_warps=4, num_stages=2),
         "bwd_states": dict(BK=tile(DK, 64), BV=tile(DV, 64), BT=tile(L, 64), num_warps=4, num_stages=2),
+        # fwd_out: one stage. With two, 8 warps and 16-bit carried states, Triton 3.6 compiled it wrong on an
+        # H200 (h off by ~50% at DK 128, DV 256; test_benchmark_shape_in_16_bit); one stage is right and faster.
         "fwd_out": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=BV_out, num_warps=8 if BV_out > 128 else 4,
-                        num_stages=2),
+                        num_stages=1),
         "bwd_dq": dict(BQ=tile(L, 128), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 64), num_warps=8, num_stages=2),
         "bwd_dk": dict(BQ=tile(L, 64), BT=tile(L, 128), BK=tile(DK, 128), BV=tile(DV, 128), num_warps=8, num_stages=2),
         "bwd_dv": dict(BQ=tile(L, 64), BT=tile(L, 64), BK=tile(DK, 128), BV=tile(DV, 256, wide), num_warps=8,
@@ -177,7 +184,7 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
     def forward(ctx, q, k, v, i, f, C0, n0, m0, chunk_size: int, eps: float, cu_seqlens):
         plan = _Plan(q, k, v, i, f, m0, chunk_size, cu_seqlens)
         BH, nc, L, DV = plan.BH, plan.nc, plan.L, plan.DV
-        Cin, nin, Clast, nlast = plan.states(C0, n0)
+        Cin, nin, Clast, nlast = plan.states(C0, n0, q.dtype)  # read only by fwd_out's products
         h_pad = torch.empty(BH, plan.S_pad, DV, dtype=q.dtype, device=q.device)
         den = torch.empty(BH, plan.S_pad, dtype=plan.sdtype, device=q.device)
         plan.eps = torch.full((1,), eps, dtype=plan.sdtype, device=q.device)
@@ -198,7 +205,7 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
         ctx.plan = None
         BH, nc, L, DK, DV, sd = plan.BH, plan.nc, plan.L, plan.DK, plan.DV, plan.sdtype
         layout = plan.layout
-        Cin, nin, Clast, nlast = plan.states(C0, n0)
+        Cin, nin, Clast, nlast = plan.states(C0, n0, sd)  # exact: the reverse scan forms <dC̄, C̄> from it
 
         # h_j = num_j / Q_j with Q_j = max(|den_j|, floor_j) + eps (chunkwise.py, same bookkeeping).
         if dh is None:
@@ -212,7 +219,8 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
         dC_last_given = dC_last is not None or dn_last is not None  # else m_final gets no gradient
         dC_last = torch.zeros_like(Clast) if dC_last is None else dC_last.contiguous()
         dn_last = torch.zeros_like(nlast) if dn_last is None else dn_last.contiguous()
-        dC_end, dn_end = torch.empty_like(Cin), torch.empty_like(nin)
+        # dC̄ leaving each chunk: read only by dk's and dv's products, so stored in their operand dtype.
+        dC_end, dn_end = torch.empty(BH, nc, DK, DV, dtype=q.dtype, device=q.device), torch.empty_like(nin)
         dC0, dn0 = torch.empty_like(C0), torch.empty_like(n0)
         scan_tiles = triton_cdiv(DK, plan.cfg["bwd_states"]["BK"]) * triton_cdiv(DV, plan.cfg["bwd_states"]["BV"])
         dg = torch.empty(scan_tiles, BH, nc, dtype=sd, device=q.device)
