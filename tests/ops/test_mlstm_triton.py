@@ -104,12 +104,14 @@ def test_low_precision_against_float64_reference(dtype, with_state):
 
 @pytest.mark.skipif(not CUDA, reason="the launch parameters of large head dims matter only compiled on a GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_benchmark_shape_in_16_bit(dtype):
+@pytest.mark.parametrize("DK, DV", [(128, 256), (256, 512)], ids=["benchmark", "xlstm-7b"])
+def test_benchmark_shape_in_16_bit(dtype, DK, DV):
     """At the GPU benchmark's head dims and chunk (DK 128, DV 256, L 128) the kernels take their widest
     tiles and most warps, which the small shapes above never reach. One such launch configuration was
-    once compiled wrong by Triton (see launch_configs): this shape is where it showed."""
-    inputs = make_inputs(B=1, NH=2, S=600, DK=128, DV=256, dtype=dtype)
-    state = make_state(B=1, NH=2, DK=128, DV=256)
+    once compiled wrong by Triton (see launch_configs): this shape is where it showed. xLSTM 7B's head
+    dims (256, 512) loop over several such tiles."""
+    inputs = make_inputs(B=1, NH=2, S=600, DK=DK, DV=DV, dtype=dtype)
+    state = make_state(B=1, NH=2, DK=DK, DV=DV)
     expected = run_linear([x.detach().double().requires_grad_(True) for x in inputs], "reference", state)
     got = run_linear(on_device(inputs), "triton", MLSTMState(*on_device([x.float() for x in state])),
                      chunk_size=128)
