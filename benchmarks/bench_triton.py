@@ -9,7 +9,10 @@ One command, one Markdown table (issue 6, the GPU path), at a fixed 65,536 token
 
 Without CUDA (and without --smoke) it prints why and exits 0. Rows, for NH 16, DK 128, DV 256:
 
-- ours triton L=64, L=128: ``xlstm_torch.ops.mlstm(..., backend="triton", chunk_size=L)`` (--chunk-sizes).
+- ours triton L=64, L=128: ``xlstm_torch.ops.mlstm(..., backend="triton", chunk_size=L)`` (--chunk-sizes);
+  with ``--triton-variants dot,products,kept`` also the backward's other ways (triton_chunkwise.py:
+  ``GATE_GRADIENTS_FROM_PRODUCTS``, ``KEEP_CHUNK_STATES``), rows named "(gate grads from products)" and
+  "(… , states kept)".
 - mlstm_kernels TFLA L=128, L=256: the ``chunkwise--triton_xl_chunk`` kernel of the public
   ``mlstm-kernels`` package (q, k, v (B, NH, S, D), i, f (B, NH, S) pre-activations, same gate and
   normaliser conventions as ours), when it is importable; the row says so when it is not.
@@ -54,6 +57,7 @@ the state traffic (C̄ read and written once, float32) per second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -141,11 +145,34 @@ def attention_leaves(shape: Shape, dtype, device, seed=0) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------------------- implementations
 
 
-def ours(backend: str, chunk: int, compiled: bool = False) -> Impl:
+# --triton-variants: how our Triton backward forms the gate gradients, and whether it keeps the forward's states
+TRITON_VARIANTS = {"dot": (False, False, ""), "products": (True, False, " (gate grads from products)"),
+                   "kept": (True, True, " (gate grads from products, states kept)")}
+
+
+@contextlib.contextmanager
+def triton_variant(name: str):
+    """Our Triton path's backward set to variant ``name`` while the forward runs (it records the choice)."""
+    from xlstm_torch.ops.mlstm_cell import triton_chunkwise as tc
+
+    saved = tc.GATE_GRADIENTS_FROM_PRODUCTS, tc.KEEP_CHUNK_STATES
+    tc.GATE_GRADIENTS_FROM_PRODUCTS, tc.KEEP_CHUNK_STATES = TRITON_VARIANTS[name][:2]
+    try:
+        yield
+    finally:
+        tc.GATE_GRADIENTS_FROM_PRODUCTS, tc.KEEP_CHUNK_STATES = saved
+
+
+def ours(backend: str, chunk: int, compiled: bool = False, variant: str = "dot") -> Impl:
     label = f"ours {backend}" + (" compiled" if compiled else (" eager" if backend == "chunkwise" else "")) + f" L={chunk}"
+    label += TRITON_VARIANTS[variant][2]
 
     def build(shape, leaves):
-        call = lambda q, k, v, i, f: mlstm(q, k, v, i, f, backend=backend, chunk_size=chunk)  # noqa: E731
+        def call(q, k, v, i, f):
+            if backend != "triton":
+                return mlstm(q, k, v, i, f, backend=backend, chunk_size=chunk)
+            with triton_variant(variant):
+                return mlstm(q, k, v, i, f, backend=backend, chunk_size=chunk)
         if compiled:
             call = torch.compile(call)
         return lambda: call(*leaves)
@@ -512,7 +539,8 @@ def main(argv=None) -> str:
               + configs)
     print(header, file=sys.stderr, flush=True)
 
-    impls = [ours("triton", L) for L in args.chunk_sizes] + [tfla(L) for L in args.tfla_chunk_sizes]
+    impls = [ours("triton", L, variant=variant) for L in args.chunk_sizes for variant in args.triton_variants]
+    impls += [tfla(L) for L in args.tfla_chunk_sizes]
     impls += [sdpa(D, device) for D in args.sdpa_head_dims] + [ours("chunkwise", args.compile_chunk_size)]
     rows, peer = [], {}
     for n, S in enumerate(args.seq_lens):
@@ -567,6 +595,13 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def variant_list(text: str) -> list[str]:
+    variants = [v for v in text.split(",") if v]
+    if not variants or any(v not in TRITON_VARIANTS for v in variants):
+        raise argparse.ArgumentTypeError(f"variants are {', '.join(TRITON_VARIANTS)}; got {text!r}")
+    return variants
+
+
 def mode_list(text: str) -> list[str]:
     modes = [m for m in text.split(",") if m]
     if not modes or any(m not in MODES for m in modes):
@@ -582,6 +617,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dk", type=int, default=128)
     p.add_argument("--dv", type=int, default=256)
     p.add_argument("--chunk-sizes", type=int_list, default=[64, 128], help='ours backend="triton"')
+    p.add_argument("--triton-variants", type=variant_list, default=["dot"],
+                   help=f"ours triton backward variants, of {','.join(TRITON_VARIANTS)} (default dot)")
     p.add_argument("--tfla-chunk-sizes", type=int_list, default=[128, 256])
     p.add_argument("--sdpa-head-dims", type=int_list, default=[128, 256])
     p.add_argument("--modes", type=mode_list, default=list(MODES))

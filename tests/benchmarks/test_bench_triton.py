@@ -111,8 +111,9 @@ def test_without_cuda_says_so_and_returns(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--seq-lens", "0"], ["--modes", "bwd"], ["--decode-shape", "1,2"],
-                                  ["--chunk-sizes", "a"], ["--tokens", "0"]],
-                         ids=["zero-S", "bad-mode", "short-decode-shape", "non-int-chunk", "zero-tokens"])
+                                  ["--chunk-sizes", "a"], ["--tokens", "0"], ["--triton-variants", "fast"]],
+                         ids=["zero-S", "bad-mode", "short-decode-shape", "non-int-chunk", "zero-tokens",
+                              "unknown-variant"])
 def test_bad_arguments_exit(argv):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
@@ -162,3 +163,26 @@ def test_configs_file(tmp_path):
     bad.write_text('{"bwd_dz": {"num_warps": 4}}')
     with pytest.raises(SystemExit, match="bwd_dz"):
         bench.apply_configs(str(bad))
+
+
+def test_triton_variant_rows_set_the_backward_and_agree():
+    """--triton-variants: each row runs our Triton path with its backward variant (the flags are set while
+    the forward runs and restored after) and computes the same gradients."""
+    pytest.importorskip("triton")
+    from xlstm_torch.ops.mlstm_cell import triton_chunkwise as tc
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shape = bench.Shape(1, 2, 40, 8, 8)
+    grads = {}
+    for variant in bench.TRITON_VARIANTS:
+        impl = bench.ours("triton", 16, variant=variant)
+        assert impl.name.startswith("ours triton L=16") and impl.name.endswith(bench.TRITON_VARIANTS[variant][2])
+        leaves = bench.mlstm_leaves(shape, torch.float32, device, seed=3)
+        grads[variant] = torch.autograd.grad(impl.build(shape, leaves)().sum(), leaves)
+        assert (tc.GATE_GRADIENTS_FROM_PRODUCTS, tc.KEEP_CHUNK_STATES) == (False, False)
+    with bench.triton_variant("kept"):
+        assert (tc.GATE_GRADIENTS_FROM_PRODUCTS, tc.KEEP_CHUNK_STATES) == (True, True)
+    for variant in ("products", "kept"):
+        for a, b in zip(grads[variant], grads["dot"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    assert bench.parse_args(["--triton-variants", "dot,kept"]).triton_variants == ["dot", "kept"]

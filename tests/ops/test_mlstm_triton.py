@@ -14,13 +14,24 @@ import torch
 from tests.helpers import assert_close, cu_seqlens_of
 from tests.ops.test_mlstm import NAMES, RTOL, compare, extreme_gate_inputs, make_inputs, make_state, run
 from xlstm_torch.ops import MLSTMState, mlstm
-from xlstm_torch.ops.mlstm_cell import select_backend
+from xlstm_torch.ops.mlstm_cell import select_backend, triton_chunkwise
 
 pytest.importorskip("triton")
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not CUDA and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="the Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
 DEVICE = "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(params=[(False, False), (True, False), (True, True)],
+                ids=["gate-dot", "gate-products", "gate-products-kept-states"])
+def gate_paths(request, monkeypatch):
+    """Both ways the backward forms the chunk gate gradients (``GATE_GRADIENTS_FROM_PRODUCTS``), the
+    second also with the forward's chunk states kept (``KEEP_CHUNK_STATES``)."""
+    products, kept = request.param
+    monkeypatch.setattr(triton_chunkwise, "GATE_GRADIENTS_FROM_PRODUCTS", products)
+    monkeypatch.setattr(triton_chunkwise, "KEEP_CHUNK_STATES", kept)
+    return request.param
 
 
 def on_device(xs):
@@ -41,12 +52,14 @@ def reference(inputs, state=None, eps=1e-6):
 
 @pytest.mark.parametrize("S", [1, 63, 130])
 @pytest.mark.parametrize("with_state", [False, True], ids=["empty-state", "given-state"])
+@pytest.mark.usefixtures("gate_paths")
 def test_float64_matches_reference(S, with_state):
     inputs = make_inputs(S=S)
     state = make_state() if with_state else None
     compare(run_triton(inputs, state, eps=0.0), reference(inputs, state, eps=0.0), 1e-10)
 
 
+@pytest.mark.usefixtures("gate_paths")
 def test_eps_path_matches_reference():
     """With eps > 0 the stabiliser m enters h; its gradient path must match autograd of the reference."""
     inputs, state = make_inputs(S=40), make_state()
@@ -68,6 +81,7 @@ def test_head_dims_above_one_tile():
 
 
 @pytest.mark.parametrize("gate_scale", [30.0, 300.0], ids=["gates-x30", "gates-x300"])
+@pytest.mark.usefixtures("gate_paths")
 def test_wild_gates(gate_scale):
     inputs = make_inputs(S=100, gate_scale=gate_scale)
     compare(run_triton(inputs, make_state(), eps=0.0), reference(inputs, make_state(), eps=0.0), 1e-9)
@@ -91,6 +105,7 @@ def run_linear(inputs, backend, state=None, chunk_size=32):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("with_state", [False, True], ids=["empty-state", "given-state"])
+@pytest.mark.usefixtures("gate_paths")
 def test_low_precision_against_float64_reference(dtype, with_state):
     inputs = make_inputs(S=65, DK=16, DV=8, dtype=dtype, seed=int(with_state))
     state = make_state(DK=16, DV=8) if with_state else None
@@ -105,6 +120,7 @@ def test_low_precision_against_float64_reference(dtype, with_state):
 @pytest.mark.skipif(not CUDA, reason="the launch parameters of large head dims matter only compiled on a GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("DK, DV", [(128, 256), (256, 512)], ids=["benchmark", "xlstm-7b"])
+@pytest.mark.usefixtures("gate_paths")
 def test_benchmark_shape_in_16_bit(dtype, DK, DV):
     """At the GPU benchmark's head dims and chunk (DK 128, DV 256, L 128) the kernels take their widest
     tiles and most warps, which the small shapes above never reach. One such launch configuration was
@@ -134,6 +150,7 @@ def test_state_passing_equals_one_call(splits):
 
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["empty-state", "given-state"])
+@pytest.mark.usefixtures("gate_paths")
 def test_packed_documents_match_reference(with_state):
     """cu_seqlens: each document from its own state, aligned to chunks; outputs, per-document states, gradients."""
     lengths = [5, 21, 1, 38]
@@ -153,6 +170,7 @@ def test_packed_documents_match_reference(with_state):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.usefixtures("gate_paths")
 def test_extreme_gates_finite(dtype):
     """Gate pre-activations anywhere in [-1e4, 1e4]: finite outputs, states and gradients."""
     inputs = extreme_gate_inputs(70, dtype)
@@ -183,6 +201,7 @@ def test_backend_none_picks_triton_on_cuda_only():
 
 @pytest.mark.skipif(not CUDA, reason="host-device synchronisation exists only with a GPU")
 @pytest.mark.parametrize("packed", [False, True], ids=["batch", "packed"])
+@pytest.mark.usefixtures("gate_paths")
 def test_forward_and_backward_never_wait_for_the_gpu(packed):
     """No step of the Triton path reads back from the GPU or copies from pageable memory (each would
     stall the host until the queued kernels finish, leaving the GPU idle while it catches up)."""

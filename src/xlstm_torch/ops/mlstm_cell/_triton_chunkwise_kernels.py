@@ -200,12 +200,14 @@ def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, fir
                       dClast_ptr, dnlast_ptr, dCend_ptr, dnend_ptr, dC0_ptr, dn0_ptr,
                       Cin_ptr, nin_ptr, Clast_ptr, nlast_ptr, dg_ptr,
                       nc, L, D_docs, DK, DV,
-                      BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PRECISION: tl.constexpr):
+                      BK: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, PRECISION: tl.constexpr,
+                      GATE_DOT: tl.constexpr):
     """The reverse scan: gradient on the state leaving every chunk (and on each document's C0).
 
     dC̄_end_{k-1} = Σ_j (carry_j q_j) dnum_jᵀ over chunk k + decay_k dC̄_end_k, with dnum_j = dh_j / Q_j
-    (dn̄ likewise with dden_j). On the way it forms this tile's part of dg_k = <dC̄_end_k, C̄_end_k>
-    (+ the n̄ part), the gradient on chunk k's total log forget gate: dg (tiles, BH, nc).
+    (dn̄ likewise with dden_j). With GATE_DOT it forms on the way this tile's part of dg_k =
+    <dC̄_end_k, C̄_end_k> (+ the n̄ part), the gradient on chunk k's total log forget gate: dg (tiles, BH, nc),
+    reading the fp32 states C̄; without, the caller gets the gate gradients from q·dq and k·dk instead.
     One flat loop over the sub-tiles of all chunks, last first, loads one sub-tile ahead.
     Grid: (BH, DK tiles, DV tiles).
     """
@@ -230,14 +232,15 @@ def bwd_states_kernel(q_ptr, dh_ptr, rQ_ptr, dden_ptr, carry_ptr, decay_ptr, fir
             if d_last >= 0:
                 dC, dn = _load_state(dClast_ptr, dnlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
             _store_state(dCend_ptr, dnend_ptr, state, dC, dn, dk, dv, DK, DV, pv == 0)
-            if d_last >= 0:  # the state leaving chunk c: the document's final state, or the next chunk's input
-                C_end, n_end = _load_state(Clast_ptr, nlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
-            else:
-                C_end, n_end = _load_state(Cin_ptr, nin_ptr, state + 1, dk, dv, DK, DV)
-            dg = tl.sum(tl.sum(dC * C_end, axis=1), axis=0)
-            if pv == 0:
-                dg += tl.sum(dn * n_end, axis=0)
-            tl.store(dg_ptr + ((pk * tl.num_programs(2) + pv) * tl.num_programs(0) + bh) * nc + c, dg)
+            if GATE_DOT:
+                if d_last >= 0:  # the state leaving chunk c: the document's final state, or the next chunk's input
+                    C_end, n_end = _load_state(Clast_ptr, nlast_ptr, bh * D_docs + d_last, dk, dv, DK, DV)
+                else:
+                    C_end, n_end = _load_state(Cin_ptr, nin_ptr, state + 1, dk, dv, DK, DV)
+                dg = tl.sum(tl.sum(dC * C_end.to(dC.dtype), axis=1), axis=0)
+                if pv == 0:
+                    dg += tl.sum(dn * n_end, axis=0)
+                tl.store(dg_ptr + ((pk * tl.num_programs(2) + pv) * tl.num_programs(0) + bh) * nc + c, dg)
             decay = tl.load(decay_ptr + state)
             dC = dC * decay
             dn = dn * decay
@@ -302,10 +305,13 @@ def _dP(dh_ptr, rQ_ptr, dden_ptr, v_ptr, row0, j, t, L, DV,
 
 @triton.jit
 def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, carry_ptr, Cin_ptr, nin_ptr,
-                  dq_ptr, nc, L, DK, DV,
+                  dq_ptr, dl_ptr, nc, L, DK, DV,
                   BQ: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   PRECISION: tl.constexpr):
-    """dq_j = carry_j (dnum_j C̄_inᵀ + dden_j n̄_in) + Σ_{l<=j} w_jl dP_jl k_l. Grid: (BH·nc, query tiles, DK tiles)."""
+    """dq_j = carry_j (dnum_j C̄_inᵀ + dden_j n̄_in) + Σ_{l<=j} w_jl dP_jl k_l. Grid: (BH·nc, query tiles, DK tiles).
+
+    Also this DK tile's part of dℓ_j = q_j·dq_j from the fp32 accumulator (every term of step j's numerator
+    and normaliser carries exp(ℓ_j)): dl (DK tiles, BH·S_pad)."""
     bc, pq, pk = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     bh = bc // nc
     c = bc % nc
@@ -333,6 +339,8 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
         kt = _rows(k_ptr, row0 + t, t < L, dk, DK)
         dq += _dot(ds.to(dot_dtype), kt, PRECISION)
     _store_rows(dq_ptr, row0 + j, jm, dk, DK, dq)
+    qt = _rows(q_ptr, row0 + j, jm, dk, DK)
+    tl.store(dl_ptr + pk * tl.num_programs(0) * L + row0 + j, tl.sum(dq * qt.to(acc_dtype), axis=1), mask=jm)
 
 
 @triton.jit

@@ -110,6 +110,26 @@ class _Layout:
         last = [k - 1 for k in self.chunk_bounds[1:]]
         self.last_chunks = slice(last[0], last[0] + 1) if len(last) == 1 else host_to_device(last, device)
         self.S_pad = self.nc * L
+        self.device = device
+
+    @property
+    def last_steps(self):
+        """Each document's last (padded) step on the nc·L axis, indexed like ``last_chunks``."""
+        if isinstance(self.last_chunks, slice):
+            return slice(self.S_pad - 1, self.S_pad)
+        return host_to_device([k * self.L - 1 for k in self.chunk_bounds[1:]], self.device)
+
+    def suffix_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """(BH, nc·L) -> each step's sum of x over the steps from it to its document's end (float64 x)."""
+        after = torch.flip(torch.cumsum(torch.flip(x, [-1]), -1), [-1])  # to the row's end
+        if isinstance(self.last_chunks, slice):
+            return after
+        ends = host_to_device([k * self.L for k in self.chunk_bounds[1:]], self.device)
+        steps = host_to_device([(k1 - k0) * self.L for k0, k1 in zip(self.chunk_bounds[:-1], self.chunk_bounds[1:])],
+                               self.device)
+        doc = torch.arange(len(self.chunk_bounds) - 1, device=self.device).repeat_interleave(steps,
+                                                                                            output_size=self.S_pad)
+        return after - F.pad(after, (0, 1))[:, ends][:, doc]  # minus what lies after the step's document
 
     def pad(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """(BH, S, ...) -> (BH, nc·L, ...), the steps that hold no token set to ``fill``. Differentiable."""

@@ -23,7 +23,12 @@ Unlike the factorised CPU form, the kernels exponentiate the L x L log-weights t
 chunk needs a fallback for wildly swinging gates. The backward recomputes the chunk states (one
 more forward scan) instead of storing them, and returns the exact gradient of the definition with
 the same bookkeeping as chunkwise.py: the normaliser's max and |.|, and the stabiliser paths (eps,
-the returned m) included. The chunk size L is independent of the on-chip tiles; any S (the last
+the returned m) included. The gradient on each chunk's total log forget gate comes either from the
+states (<dC̄, C̄> in the reverse scan: the default) or, with ``GATE_GRADIENTS_FROM_PRODUCTS``, from the
+products q·dq - k·dk of the steps after the chunk (every weight is ∝ exp(F_j - F_l) in the cumulative log
+forget gates F), which needs no fp32 state in the backward and so also allows ``KEEP_CHUNK_STATES``
+(the forward's states kept in the operand dtype, no recompute); both equal the exact gradient (tests run
+all three ways). The chunk size L is independent of the on-chip tiles; any S (the last
 chunk padded with no-op steps) and packed documents (``cu_seqlens``, each document from a chunk
 start, as in chunkwise.py's ``_Layout``) work.
 """
@@ -98,7 +103,7 @@ class _Plan:
         self.precision = "ieee" if sdtype == q.dtype else "tf32"
         self.cfg = launch_configs(q.element_size(), DK, DV, L, large_shared_memory(q.device))
 
-    def launch(self, name: str, *args):
+    def launch(self, name: str, *args, **constexprs):
         """Launch kernel ``name`` with its tiles and warps (``launch_configs``) on its grid."""
         cfg = self.cfg[name]
         rows = self.BH if name.endswith("states") else self.BH * self.nc  # scans: one program per (b, h) row
@@ -106,7 +111,8 @@ class _Plan:
         tiles_in_chunk = () if name.endswith("states") else (
             triton_cdiv(self.L, cfg["BQ" if name in ("fwd_out", "bwd_dq") else "BT"]),)
         dims = tuple(triton_cdiv(self.DK if t == "BK" else self.DV, cfg[t]) for t in _HEAD_DIM_SPLITS[name])
-        getattr(_kernels(), name + "_kernel")[(rows, *tiles_in_chunk, *dims)](*args, **cfg, PRECISION=self.precision)
+        getattr(_kernels(), name + "_kernel")[(rows, *tiles_in_chunk, *dims)](*args, **cfg, **constexprs,
+                                                                               PRECISION=self.precision)
 
     def states(self, C0, n0, C_dtype: torch.dtype):
         """Forward scan: C̄, n̄ entering every chunk (BH, nc, DK, DV), (BH, nc, DK), and each document's last.
@@ -130,6 +136,16 @@ _HEAD_DIM_SPLITS = {"fwd_states": ("BK", "BV"), "bwd_states": ("BK", "BV"), "fwd
 
 # Tuning hook: {kernel name: {launch parameter: value}} applied over the defaults (benchmarks use it).
 CONFIG_OVERRIDES: dict[str, dict] = {}
+
+# How the backward forms the gradient on each chunk's total log forget gate g_k (module docstring):
+# False: dg_k = <dC̄_end_k, C̄_end_k> in the reverse scan, which reads the recomputed fp32 states (timed on
+# an H100 and an H200); True: from Σ (q·dq - k·dk) over the steps after chunk k in its document, per-step
+# terms from the dq and dk kernels' fp32 accumulators, summed in float64: the reverse scan reads no state
+# and the recomputed C̄ is stored in the operand dtype (tested here; not yet timed on a GPU).
+GATE_GRADIENTS_FROM_PRODUCTS = False
+# With the above: keep the forward's chunk states for the backward instead of recomputing them (one scan
+# less; memory BH·nc·DK·DV in the operand dtype, at DK 128, DV 256, L 128 half of q, k, v's). Not timed yet.
+KEEP_CHUNK_STATES = False
 
 
 @functools.cache
@@ -191,21 +207,26 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
         plan.launch("fwd_out", plan.q, plan.k, plan.v, plan.u, plan.M, plan.carry, plan.floor, Cin, nin, h_pad, den,
                     plan.eps, nc, L, plan.DK, DV)
         h = plan.layout.unpad(h_pad).reshape(plan.B, plan.NH, plan.S, DV)
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h_pad, den)
+        # The backward reuses the O(S) gate numbers and padded inputs. The O(S DK DV / L) chunk states it
+        # recomputes (one more scan), unless KEEP_CHUNK_STATES keeps the forward's (in the operand dtype: only
+        # with the gate gradients from products, which need no fp32 state).
+        plan.from_products = GATE_GRADIENTS_FROM_PRODUCTS
+        ctx.kept = plan.from_products and KEEP_CHUNK_STATES
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h_pad, den, *((Cin, nin, Clast, nlast) if ctx.kept else ()))
         ctx.eps = eps
-        # The backward reuses the O(S) gate numbers and padded inputs; the O(S DK DV / L) chunk states it
-        # recomputes (one more scan) rather than keep.
         ctx.plan = plan if any(ctx.needs_input_grad) else None
         return h, Clast, nlast, plan.m_last.to(plan.sdtype)
 
     @staticmethod
     def backward(ctx, dh, dC_last, dn_last, dm_last):
-        q, k, v, i, f, C0, n0, m0, h_pad, den = ctx.saved_tensors
+        q, k, v, i, f, C0, n0, m0, h_pad, den, *kept = ctx.saved_tensors
         eps, plan = ctx.eps, ctx.plan
         ctx.plan = None
         BH, nc, L, DK, DV, sd = plan.BH, plan.nc, plan.L, plan.DK, plan.DV, plan.sdtype
         layout = plan.layout
-        Cin, nin, Clast, nlast = plan.states(C0, n0, sd)  # exact: the reverse scan forms <dC̄, C̄> from it
+        from_products = plan.from_products
+        # fp32 C̄ where the reverse scan forms <dC̄, C̄> from it, else only dq's products read it
+        Cin, nin, Clast, nlast = kept if kept else plan.states(C0, n0, q.dtype if from_products else sd)
 
         # h_j = num_j / Q_j with Q_j = max(|den_j|, floor_j) + eps (chunkwise.py, same bookkeeping).
         if dh is None:
@@ -223,25 +244,37 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
         dC_end, dn_end = torch.empty(BH, nc, DK, DV, dtype=q.dtype, device=q.device), torch.empty_like(nin)
         dC0, dn0 = torch.empty_like(C0), torch.empty_like(n0)
         scan_tiles = triton_cdiv(DK, plan.cfg["bwd_states"]["BK"]) * triton_cdiv(DV, plan.cfg["bwd_states"]["BV"])
-        dg = torch.empty(scan_tiles, BH, nc, dtype=sd, device=q.device)
+        dg = nin if from_products else torch.empty(scan_tiles, BH, nc, dtype=sd, device=q.device)  # nin: unused
         plan.launch("bwd_states", plan.q, dh_pad, rQ, dden, plan.carry, plan.decay, plan.first, plan.last, dC_last,
-                    dn_last, dC_end, dn_end, dC0, dn0, Cin, nin, Clast, nlast, dg, nc, L, plan.D, DK, DV)
+                    dn_last, dC_end, dn_end, dC0, dn0, Cin, nin, Clast, nlast, dg, nc, L, plan.D, DK, DV,
+                    GATE_DOT=not from_products)
         dq = torch.empty(BH, plan.S_pad, DK, dtype=q.dtype, device=q.device)
         dk = torch.empty_like(dq)
         dv = torch.empty(BH, plan.S_pad, DV, dtype=q.dtype, device=q.device)
         du = torch.empty(triton_cdiv(DK, plan.cfg["bwd_dk"]["BK"]), BH, plan.S_pad, dtype=sd, device=q.device)
+        dl_q = torch.empty(triton_cdiv(DK, plan.cfg["bwd_dq"]["BK"]), BH, plan.S_pad, dtype=sd, device=q.device)
         plan.launch("bwd_dq", plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.carry, Cin, nin, dq,
-                    nc, L, DK, DV)
+                    dl_q, nc, L, DK, DV)
         plan.launch("bwd_dk", plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.inw, dC_end, dn_end, dk,
                     du, nc, L, DK, DV)
         plan.launch("bwd_dv", plan.q, plan.k, dh_pad, rQ, plan.u, plan.M, plan.inw, dC_end, dv, nc, L, DK, DV)
 
-        # Gate gradients in float64 (chunkwise.py): du_l = dk_l·k_l and dg_k come from the kernels in parts
-        # (one per tile of the head dims).
-        du, dg = du.sum(0), dg.sum(0)  # (BH, S_pad), (BH, nc)
-        db = (dl - du).double().view(BH, nc, L)
-        db[..., -1] += dg.double()
-        dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
+        # Gate gradients in float64 (chunkwise.py): du_l = dk_l·k_l, dℓ_j = q_j·dq_j and dg_k come from the
+        # kernels in parts (one per tile of the head dims).
+        du = du.sum(0)  # (BH, S_pad)
+        if from_products:
+            # Every weight of key l on query j is ∝ exp(F_j - F_l) (F: cumulative log forget gates), so
+            # dF_t = q_t·dq_t - k_t·dk_t, and each log forget gate collects dF of the steps from it to its
+            # document's end; the returned state, ∝ exp(F) of the document's last step, adds its own term.
+            dF = (dl_q.sum(0) - du).double()  # (BH, S_pad)
+            if dC_last_given:
+                dF[:, layout.last_steps] += _dot(dC_last, Clast, dn_last, nlast).double()
+            dlog_f = layout.suffix_sums(dF)
+        else:
+            dg = dg.sum(0)  # (BH, nc)
+            db = (dl - du).double().view(BH, nc, L)
+            db[..., -1] += dg.double()
+            dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
         di = layout.unpad(du.double())  # (BH, S)
         df = layout.unpad(dlog_f * torch.sigmoid(-plan.f64))
 
