@@ -307,10 +307,10 @@ def _dP(dh_ptr, rQ_ptr, dden_ptr, v_ptr, row0, j, t, L, DV,
 def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, carry_ptr, Cin_ptr, nin_ptr,
                   dq_ptr, dl_ptr, nc, L, DK, DV,
                   BQ: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                  PRECISION: tl.constexpr, STORE_DL: tl.constexpr):
     """dq_j = carry_j (dnum_j C̄_inᵀ + dden_j n̄_in) + Σ_{l<=j} w_jl dP_jl k_l. Grid: (BH·nc, query tiles, DK tiles).
 
-    Also this DK tile's part of dℓ_j = q_j·dq_j from the fp32 accumulator (every term of step j's numerator
+    With STORE_DL also this DK tile's part of dℓ_j = q_j·dq_j from the fp32 accumulator (every term of step j's numerator
     and normaliser carries exp(ℓ_j)): dl (DK tiles, BH·S_pad)."""
     bc, pq, pk = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     bh = bc // nc
@@ -339,8 +339,9 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
         kt = _rows(k_ptr, row0 + t, t < L, dk, DK)
         dq += _dot(ds.to(dot_dtype), kt, PRECISION)
     _store_rows(dq_ptr, row0 + j, jm, dk, DK, dq)
-    qt = _rows(q_ptr, row0 + j, jm, dk, DK)
-    tl.store(dl_ptr + pk * tl.num_programs(0) * L + row0 + j, tl.sum(dq * qt.to(acc_dtype), axis=1), mask=jm)
+    if STORE_DL:
+        qt = _rows(q_ptr, row0 + j, jm, dk, DK)
+        tl.store(dl_ptr + pk * tl.num_programs(0) * L + row0 + j, tl.sum(dq * qt.to(acc_dtype), axis=1), mask=jm)
 
 
 @triton.jit

@@ -252,9 +252,10 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
         dk = torch.empty_like(dq)
         dv = torch.empty(BH, plan.S_pad, DV, dtype=q.dtype, device=q.device)
         du = torch.empty(triton_cdiv(DK, plan.cfg["bwd_dk"]["BK"]), BH, plan.S_pad, dtype=sd, device=q.device)
-        dl_q = torch.empty(triton_cdiv(DK, plan.cfg["bwd_dq"]["BK"]), BH, plan.S_pad, dtype=sd, device=q.device)
+        dl_q = (torch.empty(triton_cdiv(DK, plan.cfg["bwd_dq"]["BK"]), BH, plan.S_pad, dtype=sd, device=q.device)
+                if from_products else dl)  # dl: unused
         plan.launch("bwd_dq", plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.carry, Cin, nin, dq,
-                    dl_q, nc, L, DK, DV)
+                    dl_q, nc, L, DK, DV, STORE_DL=from_products)
         plan.launch("bwd_dk", plan.q, plan.k, plan.v, dh_pad, rQ, dden, plan.u, plan.M, plan.inw, dC_end, dn_end, dk,
                     du, nc, L, DK, DV)
         plan.launch("bwd_dv", plan.q, plan.k, dh_pad, rQ, plan.u, plan.M, plan.inw, dC_end, dv, nc, L, DK, DV)
