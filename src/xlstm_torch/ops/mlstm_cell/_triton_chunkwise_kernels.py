@@ -310,8 +310,8 @@ def bwd_dq_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, rQ_ptr, dden_ptr, u_ptr, M_ptr, c
                   PRECISION: tl.constexpr, STORE_DL: tl.constexpr):
     """dq_j = carry_j (dnum_j C̄_inᵀ + dden_j n̄_in) + Σ_{l<=j} w_jl dP_jl k_l. Grid: (BH·nc, query tiles, DK tiles).
 
-    With STORE_DL also this DK tile's part of dℓ_j = q_j·dq_j from the fp32 accumulator (every term of step j's numerator
-    and normaliser carries exp(ℓ_j)): dl (DK tiles, BH·S_pad)."""
+    With STORE_DL also this DK tile's part of dℓ_j = q_j·dq_j from the fp32 accumulator (every term of
+    step j's numerator and normaliser carries exp(ℓ_j)): dl (DK tiles, BH·S_pad)."""
     bc, pq, pk = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     bh = bc // nc
     c = bc % nc

@@ -71,6 +71,11 @@ def _gate_stats(i64, f64, m0, L: int, chunk_bounds):
     return dict(b=b, g=g, u=u, c=c, M=M, m_prev=m_prev, m_chunk=m_chunk, m_step=b + M)
 
 
+def reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Sums over the last dim from each position to its end: out[..., t] = Σ_{t' >= t} x[..., t']."""
+    return torch.flip(torch.cumsum(torch.flip(x, [-1]), -1), [-1])
+
+
 def _intra_log_weights(q, k, v, u, M, DK: int):
     """Unfactorised causal block for chunks whose gates swing too far to factorise.
 
@@ -117,14 +122,18 @@ class _Layout:
         """Each document's last (padded) step on the nc·L axis, indexed like ``last_chunks``."""
         if isinstance(self.last_chunks, slice):
             return slice(self.S_pad - 1, self.S_pad)
-        return host_to_device([k * self.L - 1 for k in self.chunk_bounds[1:]], self.device)
+        return host_to_device([end - 1 for end in self._document_ends()], self.device)
+
+    def _document_ends(self) -> list[int]:
+        """Where each document's padded steps end on the nc·L axis (exclusive)."""
+        return [k * self.L for k in self.chunk_bounds[1:]]
 
     def suffix_sums(self, x: torch.Tensor) -> torch.Tensor:
         """(BH, nc·L) -> each step's sum of x over the steps from it to its document's end (float64 x)."""
-        after = torch.flip(torch.cumsum(torch.flip(x, [-1]), -1), [-1])  # to the row's end
+        after = reverse_cumsum(x)  # to the row's end
         if isinstance(self.last_chunks, slice):
             return after
-        ends = host_to_device([k * self.L for k in self.chunk_bounds[1:]], self.device)
+        ends = host_to_device(self._document_ends(), self.device)
         steps = host_to_device([(k1 - k0) * self.L for k0, k1 in zip(self.chunk_bounds[:-1], self.chunk_bounds[1:])],
                                self.device)
         doc = torch.arange(len(self.chunk_bounds) - 1, device=self.device).repeat_interleave(steps,
@@ -271,7 +280,7 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         # Gate gradients in float64: ℓ_j = b_j - m_j, u_l = ĩ_l - b_l, g = b_L, b = cumsum(logσ(f̃)).
         db = (dl - du).double().view(BH, nc, L)
         db[..., -1] += dg.double()
-        dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
+        dlog_f = reverse_cumsum(db).reshape(BH, nc * L)
         di = layout.unpad(du.double().reshape(BH, nc * L))  # (BH, S)
         df = layout.unpad(dlog_f * torch.sigmoid(-f64))
 

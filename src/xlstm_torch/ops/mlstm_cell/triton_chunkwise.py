@@ -43,7 +43,7 @@ import torch
 from .._checks import state_dtype
 from .._packing import host_to_device
 from .._triton import require_triton
-from .chunkwise import _Layout, _gate_stats, _padded_gates, _stabiliser_grads
+from .chunkwise import _Layout, _gate_stats, _padded_gates, _stabiliser_grads, reverse_cumsum
 from .state import MLSTMState, normaliser_floor
 
 
@@ -211,8 +211,8 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
         # recomputes (one more scan), unless KEEP_CHUNK_STATES keeps the forward's (in the operand dtype: only
         # with the gate gradients from products, which need no fp32 state).
         plan.from_products = GATE_GRADIENTS_FROM_PRODUCTS
-        ctx.kept = plan.from_products and KEEP_CHUNK_STATES
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h_pad, den, *((Cin, nin, Clast, nlast) if ctx.kept else ()))
+        keep = plan.from_products and KEEP_CHUNK_STATES
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h_pad, den, *((Cin, nin, Clast, nlast) if keep else ()))
         ctx.eps = eps
         ctx.plan = plan if any(ctx.needs_input_grad) else None
         return h, Clast, nlast, plan.m_last.to(plan.sdtype)
@@ -275,7 +275,7 @@ class TritonChunkwiseMLSTM(torch.autograd.Function):
             dg = dg.sum(0)  # (BH, nc)
             db = (dl - du).double().view(BH, nc, L)
             db[..., -1] += dg.double()
-            dlog_f = torch.flip(torch.cumsum(torch.flip(db, [-1]), -1), [-1]).reshape(BH, nc * L)
+            dlog_f = reverse_cumsum(db).reshape(BH, nc * L)
         di = layout.unpad(du.double())  # (BH, S)
         df = layout.unpad(dlog_f * torch.sigmoid(-plan.f64))
 
