@@ -143,6 +143,29 @@ def test_mlstm_gate_preacts_equal_the_concatenated_linears(dtype, tol):
         assert_close(a, b, tol, f"gradient {j}")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_mlstm_gate_preacts_folded_equal_the_unfolded(dtype, tol, qkv_bias):
+    """MLSTMLayer.gate_preacts_folded (the head-wise maps folded into the gate weights) against the gates of
+    the projected q, k, v, values and the gradients of the inputs and every weight (with q/k/v biases too)."""
+    torch.manual_seed(1)
+    layer = randomize_(MLSTMLayer(32, num_heads=4, qkv_block_size=4)).to(dtype)
+    if qkv_bias:
+        for proj in (layer.q, layer.k, layer.v):
+            proj.bias = torch.nn.Parameter(torch.randn(layer.inner_dim, dtype=dtype))
+    x_conv, x_in = (torch.randn(2, 7, layer.inner_dim, dtype=dtype, requires_grad=True) for _ in range(2))
+    leaves = [x_conv, x_in, *layer.parameters()]
+    cotangents = [torch.randn(2, 7, 4, dtype=dtype) for _ in range(2)]
+    got = layer.gate_preacts_folded(x_conv, x_in)
+    want = layer.gate_preacts(layer.q(x_conv), layer.k(x_conv), layer.v(x_in))
+    for a, b in zip(got, want):
+        assert_close(a, b, tol, "gate pre-activation")
+    got_grads = torch.autograd.grad(got, leaves, cotangents, allow_unused=True, materialize_grads=True)
+    want_grads = torch.autograd.grad(want, leaves, cotangents, allow_unused=True, materialize_grads=True)
+    for name, a, b in zip(["x_conv", "x_in", *(n for n, _ in layer.named_parameters())], got_grads, want_grads):
+        assert_close(a, b, tol, f"d{name}")
+
+
 BLOCKS = {
     "mlstm": lambda: MLSTMBlock(16, num_heads=2, chunk_size=4, num_blocks=2),
     "slstm": lambda: SLSTMBlock(16, num_heads=4, num_blocks=2, block_index=1),

@@ -156,10 +156,11 @@ def test_conv_silu_without_state_and_packed():
 def _layer_step(layer, x):
     """Output and every gradient of one forward/backward, and the bytes of the distinct storages that
     autograd saved for the backward."""
-    storages = {}
+    storages, alive = {}, []
 
     def pack(t):
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        alive.append(t)  # held until the count is taken: a freed storage's address can be reused by another
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

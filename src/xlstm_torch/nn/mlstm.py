@@ -128,6 +128,28 @@ class MLSTMLayer(nn.Module):
         preacts = F.linear(v, w_v, bias).add_(F.linear(q, w_q)).add_(F.linear(k, w_k))  # (B, S, 2 NH)
         return preacts[..., :NH], preacts[..., NH:]
 
+    def gate_preacts_folded(self, x_conv: torch.Tensor, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gate_preacts(q(x_conv), k(x_conv), v(x_in))`` with the head-wise q/k/v maps folded into the gate
+        weights: x_conv, x_in (B, S, Di) -> i, f (B, S, NH), equal up to rounding.
+
+        The gates are linear in q, k and v, which are linear in x_conv and x_in, so two products with folded
+        (2 NH, Di) weights give them. Then nothing but the cell reads q, k and v: the cell keeps its own
+        head-major copies for the backward and the layer's (B, S, Di) tensors are freed, the backward has no
+        gate terms to add into dq, dk and dv, and it is two products instead of three.
+        """
+        NH, Di = self.num_heads, self.inner_dim
+        weight = torch.cat([self.igate_preact.weight, self.fgate_preact.weight])  # (2 NH, 3 Di) over [q, k, v]
+        bias = torch.cat([self.igate_preact.bias, self.fgate_preact.bias])  # (2 NH,)
+        folded = []
+        for w, proj in zip(weight.split(Di, dim=1), (self.q, self.k, self.v)):  # w: (2 NH, Di)
+            blocks, out_b, _ = proj.weight.shape  # (blocks, out/blocks, in/blocks)
+            # Σ_o w[g, (h, o)] W_h[o, i] = folded[g, (h, i)]
+            folded.append(torch.einsum("gho,hoi->ghi", w.view(-1, blocks, out_b), proj.weight).flatten(1))
+            if proj.bias is not None:
+                bias = bias + F.linear(proj.bias, w)
+        preacts = F.linear(x_in, folded[2], bias).add_(F.linear(x_conv, folded[0] + folded[1]))  # (B, S, 2 NH)
+        return preacts[..., :NH], preacts[..., NH:]
+
     def forward(self, x: torch.Tensor, state: LayerState | None = None, cu_seqlens: torch.Tensor | None = None,
                 *, return_state: bool = True) -> tuple[torch.Tensor, LayerState | None]:
         B, S, _ = x.shape
@@ -136,7 +158,7 @@ class MLSTMLayer(nn.Module):
         x_in, z = self.proj_up(x).chunk(2, dim=-1)  # (B, S, Di) each
         x_conv, conv_state = self.conv.forward_silu(x_in, conv_state, cu_seqlens)  # (B, S, Di)
         q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_in)  # (B, S, Di) each
-        i, f = self.gate_preacts(q, k, v)  # (B, S, NH) each
+        i, f = self.gate_preacts_folded(x_conv, x_in)  # (B, S, NH) each
         h, cell_state = multihead_mlstm(q.view(B, S, NH, DH), k.view(B, S, NH, DH), v.view(B, S, NH, DH), i, f,
                                         cell_state, chunk_size=self.chunk_size, cu_seqlens=cu_seqlens,
                                         return_state=return_state)  # (B, S, NH, DH)

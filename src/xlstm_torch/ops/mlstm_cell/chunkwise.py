@@ -188,8 +188,12 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         B, NH, S, DK = q.shape
         DV = v.shape[-1]
         BH = B * NH
-        fw = _Forward(q, k, v, i, f, C0, m0, _Layout(S, chunk_size, cu_seqlens, q.device))
-        st, fac, qc, kc, vc, kw = fw.st, fw.fac, fw.qc, fw.kc, fw.vc, fw.kw
+        layout = _Layout(S, chunk_size, cu_seqlens, q.device)
+        qc = _chunks(q.reshape(BH, S, DK), layout)  # (BH, nc, L, DK): a copy unless q is contiguous and unpadded
+        kc = _chunks(k.reshape(BH, S, DK), layout)
+        vc = _chunks(v.reshape(BH, S, DV), layout, ones_column=True)  # (BH, nc, L, DV+1)
+        fw = _Forward(qc, kc, vc, i, f, C0, m0, layout)
+        st, fac, kw = fw.st, fw.fac, fw.kw
         q_row = qc * fac["row"][..., None]
         scores = _flat(q_row @ kw.transpose(-1, -2)).tril_()  # (BH nc, L, L)
         if fac["unsafe"] is not None:
@@ -202,20 +206,21 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         Q = torch.maximum(den.abs(), normaliser_floor(st["m_step"], q.dtype).view_as(den)) + eps
         h_pad = num[..., :DV] / Q[..., None]  # (BH nc, L, DV)
         h = fw.layout.unpad(h_pad.view(BH, -1, DV)).reshape(B, NH, S, DV)
-        ctx.save_for_backward(q, k, v, i, f, C0, m0, h_pad, den.contiguous(), Q)
-        ctx.chunk_size, ctx.eps, ctx.cu_seqlens = chunk_size, eps, cu_seqlens
+        # The chunked q, k, v, not the inputs: the backward needs them in this layout, and the layers pass
+        # strided views of (B, S, NH, D) tensors that they do not keep, so these copies replace them.
+        ctx.save_for_backward(qc, kc, vc, i, f, C0, m0, h_pad, den.contiguous(), Q)
+        ctx.chunk_size, ctx.eps, ctx.cu_seqlens, ctx.shape = chunk_size, eps, cu_seqlens, (B, NH, S, DK, DV)
         return h, fw.C_last, st["m_chunk"][:, fw.layout.last_chunks].to(q.dtype)
 
     @staticmethod
     def backward(ctx, dh, dC_last, dm_last):
-        q, k, v, i, f, C0, m0, h_pad, den, Q = ctx.saved_tensors
+        qc, kc, vc, i, f, C0, m0, h_pad, den, Q = ctx.saved_tensors
         eps = ctx.eps
-        B, NH, S, DK = q.shape
-        DV = v.shape[-1]
-        BH, dtype = B * NH, q.dtype
-        fw = _Forward(q, k, v, i, f, C0, m0, _Layout(S, ctx.chunk_size, ctx.cu_seqlens, q.device))
-        layout, st, fac, qc, vc, kw, C_in, C_last = fw.layout, fw.st, fw.fac, fw.qc, fw.vc, fw.kw, fw.C_in, fw.C_last
-        kc, f64 = fw.kc if fac["unsafe"] is not None else None, fw.f64
+        B, NH, S, DK, DV = ctx.shape
+        BH, dtype = B * NH, qc.dtype
+        fw = _Forward(qc, kc, vc, i, f, C0, m0, _Layout(S, ctx.chunk_size, ctx.cu_seqlens, qc.device))
+        layout, st, fac, kw, C_in, C_last, f64 = fw.layout, fw.st, fw.fac, fw.kw, fw.C_in, fw.C_last, fw.f64
+        kc = kc if fac["unsafe"] is not None else None
         del fw  # from here on each (BH nc, L, ·) temporary is dropped once used: it sets the step's peak memory
         L, nc = layout.L, layout.nc
 
@@ -237,15 +242,9 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         del dnum_carry
         if dC_last is None:
             dC_last = torch.zeros_like(C_last)
-        dC_end, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac,
-                                                   layout.chunk_bounds)
-        del into_state
-        # dg_k = <dC̄_end_k, C̄_end_k>: both parts of the state leaving chunk k are ∝ exp(g_k). That
-        # state is the next chunk's input, or for a document's last chunk the document's final state.
-        dg = torch.empty(BH, nc, dtype=dtype, device=q.device)
-        dg[:, :-1] = _dot(dC_end[:, :-1], C_in[:, 1:])
-        dg[:, layout.last_chunks] = _dot(dC_end[:, layout.last_chunks], C_last)
-        del dC_end, C_in
+        dg, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac, C_in, C_last,
+                                               layout.chunk_bounds)
+        del into_state, C_in
 
         # Intra-chunk part: num += tril((q exp(c - M_j)) kwᵀ) v.
         dnum_row = dnum * fac["row"].view(-1, L, 1)
@@ -307,19 +306,15 @@ class ChunkwiseMLSTM(torch.autograd.Function):
 class _Forward:
     """What the forward and the backward both compute: gate statistics, chunked inputs, chunk states."""
 
-    def __init__(self, q, k, v, i, f, C0, m0, layout: _Layout):
-        B, NH, S, DK = q.shape
-        DV = v.shape[-1]
-        BH = B * NH
+    def __init__(self, qc, kc, vc, i, f, C0, m0, layout: _Layout):
+        """qc, kc (BH, nc, L, DK) and vc (BH, nc, L, DV+1) chunked by ``_chunks``; the rest as the op's inputs."""
         self.layout = layout
         self.i64, self.f64 = _padded_gates(i, f, layout)
         self.st = _gate_stats(self.i64, self.f64, m0.double(), layout.L, layout.chunk_bounds)
-        self.qc = _chunks(q.reshape(BH, S, DK), layout)
-        self.kc = _chunks(k.reshape(BH, S, DK), layout)
-        self.vc = _chunks(v.reshape(BH, S, DV), layout, ones_column=True)
-        self.fac = _chunk_factors(self.st, q.dtype, DK)
-        self.kw = self.kc * self.fac["w"][..., None]  # (BH, nc, L, DK)  k_l exp(u_l - c) / sqrt(DK)
-        self.C_in, self.C_last = _scan_states(self.kw, self.vc, self.fac, C0, layout.chunk_bounds)
+        self.fac = _chunk_factors(self.st, qc.dtype, qc.shape[-1])
+        self.kw = kc * self.fac["w"][..., None]  # (BH, nc, L, DK)  k_l exp(u_l - c) / sqrt(DK)
+        self.C_in, self.C_last = _scan_states(kc * self.fac["w_state"][..., None], vc, self.fac, C0,
+                                              layout.chunk_bounds)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -359,6 +354,8 @@ def _chunk_factors(st, dtype, DK: int):
     unsafe = row_exponent.amax(-1) > SAFE_EXPONENT  # (BH, nc)
     return dict(
         w=_exp(st["u"] - c[..., None] - 0.5 * math.log(DK), dtype),  # (BH, nc, L) exp(u_l - c) / sqrt(DK)
+        # (BH, nc, L) w_l η_k = exp(u_l + g - m_k) / sqrt(DK): weight of step l in the state leaving its chunk
+        w_state=_exp(st["u"] + (g - st["m_chunk"])[..., None] - 0.5 * math.log(DK), dtype),
         row=_exp(row_exponent.clamp(max=SAFE_EXPONENT), dtype),  # exp(c - M_j)
         carry=_exp(st["m_prev"][..., None] - M, dtype),  # exp(m_{k-1} - M_j)
         decay=_exp(g + st["m_prev"] - st["m_chunk"], dtype),  # (BH, nc) state decay γ_k
@@ -378,18 +375,17 @@ def _dot(a, b):
     return torch.linalg.vecdot(a.flatten(-2), b.flatten(-2))
 
 
-def _scan_states(kw, vc, fac, C0, chunk_bounds):
+def _scan_states(kw_state, vc, fac, C0, chunk_bounds):
     """C_in[:, k] is the state entering chunk k; C_last[:, d] the state after document d's last chunk.
 
-    kw: (BH, nc, L, DK); vc: (BH, nc, L, DV+1); C0: (BH, D, DK, DV+1) each document's initial state.
-    C̄_{k+1} = decay_k C̄_k + inflow_k kw_kᵀ v_k within a document; a document's first chunk takes the
-    document's initial state instead. The inflow weights are applied to all updates in one op and the
-    per-chunk views are taken once (``unbind``), so each step of the loop is a single fused op: the
-    loop is dispatch-bound at small head dims.
+    kw_state: (BH, nc, L, DK) keys times ``w_state`` (= kw times the chunk's inflow weight η_k: scaling the
+    (L, DK) keys costs less than scaling the (DK, DV+1) updates); vc: (BH, nc, L, DV+1); C0: (BH, D, DK, DV+1)
+    each document's initial state. C̄_{k+1} = decay_k C̄_k + η_k kw_kᵀ v_k within a document; a document's
+    first chunk takes the document's initial state instead. The per-chunk views are taken once (``unbind``),
+    so each step of the loop is a single fused op: the loop is dispatch-bound at small head dims.
     """
-    BH, nc = kw.shape[:2]
-    update = kw.transpose(-1, -2) @ vc  # (BH, nc, DK, DV+1)
-    update.mul_(fac["inflow"][..., None, None])
+    BH, nc = kw_state.shape[:2]
+    update = kw_state.transpose(-1, -2) @ vc  # (BH, nc, DK, DV+1)
     C_in = C0.new_empty(BH, nc, *C0.shape[2:])
     C_last = torch.empty_like(C0)
     states, updates = C_in.unbind(1), update.unbind(1)
@@ -402,23 +398,36 @@ def _scan_states(kw, vc, fac, C0, chunk_bounds):
     return C_in, C_last
 
 
-def _scan_state_grads(into_state, dC_last, fac, chunk_bounds):
+def _scan_state_grads(into_state, dC_last, fac, C_in, C_last, chunk_bounds):
     """Reverse of ``_scan_states``; dC_last (BH, D, DK, DV+1) is the gradient on each document's final state.
 
-    Returns the gradient on the state leaving each chunk (BH, nc, DK, DV+1), the same times the
-    chunk's inflow weight (the gradient on its update kwᵀ v), and the gradient on C0 (BH, D, DK, DV+1).
+    Walking back over each document's chunks, the gradient on the state leaving chunk k is
+    dC̄_end_k = decay_{k+1} dC̄_end_{k+1} + into_state_{k+1}. Returns, per chunk, dg_k = <dC̄_end_k, C̄_end_k>
+    (BH, nc) (both parts of the state leaving chunk k are ∝ exp(g_k); that state is the next chunk's
+    input C_in, or for a document's last chunk its final state C_last), dC̄_end_k times the chunk's inflow
+    weight (BH, nc, DK, DV+1) (the gradient on its update kwᵀ v), and the gradient on C0 (BH, D, DK, DV+1).
+    Each chunk's inner product and scaling run while its dC̄_end was just written (the state-sized
+    tensors are the largest of the backward: one pass over them each, not three), and dC̄_end itself
+    is never stored whole: its slot becomes the scaled gradient once the next step has read it.
     """
-    dC_end = torch.empty_like(into_state)
+    dC_inflow = torch.empty_like(into_state)
     dC0 = torch.empty_like(dC_last)
-    ends, into = dC_end.unbind(1), into_state.unbind(1)
+    dg = []  # per chunk (BH,), last chunk first
+    ends, into, inflow = dC_inflow.unbind(1), into_state.unbind(1), fac["inflow"][..., None, None].unbind(1)
     decay = fac["decay"][..., None, None].unbind(1)
-    for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
-        ends[k1 - 1].copy_(dC_last[:, d])
-        for kk in range(k1 - 1, k0, -1):
-            torch.addcmul(into[kk], ends[kk], decay[kk], out=ends[kk - 1])
-        torch.addcmul(into[k0], ends[k0], decay[k0], out=dC0[:, d])
-    dC_inflow = dC_end * fac["inflow"][..., None, None]
-    return dC_end, dC_inflow, dC0
+    for d, (k0, k1) in reversed(list(enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])))):
+        end = dC_last[:, d]  # dC̄_end of the document's last chunk
+        for kk in range(k1 - 1, k0 - 1, -1):
+            state = C_last[:, d] if kk == k1 - 1 else C_in[:, kk + 1]  # C̄_end_k
+            dg.append(_dot(end, state))  # (BH,)
+            before = ends[kk - 1] if kk > k0 else dC0[:, d]  # the gradient on the state entering chunk kk
+            torch.addcmul(into[kk], end, decay[kk], out=before)
+            if kk == k1 - 1:
+                torch.mul(end, inflow[kk], out=ends[kk])
+            else:
+                ends[kk].mul_(inflow[kk])
+            end = before
+    return torch.stack(dg[::-1], dim=1), dC_inflow, dC0
 
 
 def mlstm_chunkwise(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6, chunk_size: int = 64,
