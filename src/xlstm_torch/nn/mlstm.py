@@ -111,9 +111,8 @@ class MLSTMLayer(nn.Module):
         """Input and forget gate pre-activations from [q, k, v]: q, k, v (B, S, Di) -> i, f (B, S, NH).
 
         Equal to ``igate_preact(cat([q, k, v]))`` and ``fgate_preact(...)``, computed as three
-        products with column slices of the two stacked weights: the (B, S, 3 Di) concatenation,
-        and in the backward its gradient and the sum of the two gates' input gradients, are
-        never built (in a training step they cost more than the products themselves).
+        products with column slices of the two stacked weights (no (B, S, 3 Di) concatenation).
+        The decoding step's form, where q, k and v are at hand; ``forward`` takes ``gate_preacts_folded``.
         """
         NH, Di = self.num_heads, self.inner_dim
         params = [self.igate_preact.weight, self.fgate_preact.weight, self.igate_preact.bias, self.fgate_preact.bias]
@@ -122,9 +121,7 @@ class MLSTMLayer(nn.Module):
             w_q, w_k, w_v = weight.split(Di, dim=1)  # (2 NH, Di) each
         else:
             weight, bias = torch.cat(params[:2]), torch.cat(params[2:])  # (2 NH, 3 Di), (2 NH,)
-            # Contiguous slices: for a strided weight slice the backward forms the weight gradient as
-            # (Di, B·S) @ (B·S, 2 NH), with 2 NH = 8 columns: twice as slow here as (2 NH, B·S) @ (B·S, Di).
-            w_q, w_k, w_v = (w.contiguous() for w in weight.split(Di, dim=1))  # (2 NH, Di) each
+            w_q, w_k, w_v = weight.split(Di, dim=1)  # (2 NH, Di) each
         preacts = F.linear(v, w_v, bias).add_(F.linear(q, w_q)).add_(F.linear(k, w_k))  # (B, S, 2 NH)
         return preacts[..., :NH], preacts[..., NH:]
 

@@ -220,7 +220,6 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         BH, dtype = B * NH, qc.dtype
         fw = _Forward(qc, kc, vc, i, f, C0, m0, _Layout(S, ctx.chunk_size, ctx.cu_seqlens, qc.device))
         layout, st, fac, kw, C_in, C_last, f64 = fw.layout, fw.st, fw.fac, fw.kw, fw.C_in, fw.C_last, fw.f64
-        kc = kc if fac["unsafe"] is not None else None
         del fw  # from here on each (BH nc, L, ·) temporary is dropped once used: it sets the step's peak memory
         L, nc = layout.L, layout.nc
 
@@ -412,22 +411,17 @@ def _scan_state_grads(into_state, dC_last, fac, C_in, C_last, chunk_bounds):
     """
     dC_inflow = torch.empty_like(into_state)
     dC0 = torch.empty_like(dC_last)
-    dg = []  # per chunk (BH,), last chunk first
+    dg = [None] * into_state.shape[1]  # per chunk (BH,)
     ends, into, inflow = dC_inflow.unbind(1), into_state.unbind(1), fac["inflow"][..., None, None].unbind(1)
     decay = fac["decay"][..., None, None].unbind(1)
-    for d, (k0, k1) in reversed(list(enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])))):
-        end = dC_last[:, d]  # dC̄_end of the document's last chunk
-        for kk in range(k1 - 1, k0 - 1, -1):
-            state = C_last[:, d] if kk == k1 - 1 else C_in[:, kk + 1]  # C̄_end_k
-            dg.append(_dot(end, state))  # (BH,)
+    for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
+        ends[k1 - 1].copy_(dC_last[:, d])
+        for kk in range(k1 - 1, k0 - 1, -1):  # ends[kk] holds dC̄_end_k here
+            dg[kk] = _dot(ends[kk], C_last[:, d] if kk == k1 - 1 else C_in[:, kk + 1])  # <dC̄_end_k, C̄_end_k>
             before = ends[kk - 1] if kk > k0 else dC0[:, d]  # the gradient on the state entering chunk kk
-            torch.addcmul(into[kk], end, decay[kk], out=before)
-            if kk == k1 - 1:
-                torch.mul(end, inflow[kk], out=ends[kk])
-            else:
-                ends[kk].mul_(inflow[kk])
-            end = before
-    return torch.stack(dg[::-1], dim=1), dC_inflow, dC0
+            torch.addcmul(into[kk], ends[kk], decay[kk], out=before)
+            ends[kk].mul_(inflow[kk])
+    return torch.stack(dg, dim=1), dC_inflow, dC0
 
 
 def mlstm_chunkwise(q, k, v, i, f, state: MLSTMState | None = None, eps: float = 1e-6, chunk_size: int = 64,
