@@ -32,6 +32,11 @@ parameter counted, the embedding table included); the mLSTM cell adds, per mLSTM
 3 x NH (2 L (DK + DV) + 4 DK DV) with L = 64 (the chunkwise FLOP model of bench_ops.py, forward +
 backward), whatever chunk size a row actually runs.
 
+``--compile ours xlstm`` adds rows for the named models under ``torch.compile`` (inductor, default mode),
+built and warmed up like the others (the warm-up step compiles; minutes on 2 cores). A compiled peer row's
+ratio is against ours compiled, like with like; compiled rows get no memory figures (a fresh process
+would count the compiler's own memory).
+
 Peak memory, measured per model in a fresh Python process (nothing earlier in the run inflates
 it): build the model, optimizer and batch, then reset the kernel's resident-set high-water mark to
 the current RSS (write 5 to /proc/self/clear_refs), run two training steps (the first allocates
@@ -148,13 +153,16 @@ class Impl:
     build: Callable[[Setup], torch.nn.Module]
 
 
-def implementations(peer_variants: list[str]) -> list[Impl]:
+def implementations(peer_variants: list[str], compiled: tuple[str, ...] = ()) -> list[Impl]:
+    """Our model and the peer's variants; with ``compiled`` (owners "ours", "xlstm") also those owners' models
+    under ``torch.compile`` (inductor), as rows of their own whose keys end in ":compiled"."""
     impls = [Impl("ours", "ours (xlstm_torch XLSTMLanguageModel)", "ours", build_ours)]
     for variant in peer_variants:
         impls.append(Impl(f"peer:{variant}", f"xlstm xLSTMLMModel, mLSTM {variant}"
                           + (" (its default)" if variant == "parallel" else " (swapped in)"), "xlstm",
                           lambda setup, v=variant: build_peer(setup, v)))
-    return impls
+    return impls + [Impl(f"{i.key}:compiled", f"{i.label}, torch.compile", i.owner,
+                         lambda setup, build=i.build: torch.compile(build(setup))) for i in impls if i.owner in compiled]
 
 
 def peer_available() -> str | None:
@@ -313,26 +321,26 @@ def format_table(rows: list[Row], mm_gflops: float) -> str:
 
 
 def _target_lines(rows: list[Row], mm_gflops: float) -> list[str]:
-    """Issue 4's targets, against the faster peer row of each configuration."""
+    """Issue 4's targets for each of our rows (eager, and compiled with --compile), against the faster peer row
+    of each configuration (its compiled row too, when there is one)."""
     lines = []
     for label, want in TARGETS.items():
-        ours = next((r for r in rows if r.setup.label == label and r.impl.owner == "ours"), None)
         peers = [r for r in rows if r.setup.label == label and r.impl.owner != "ours"]
-        if ours is None:
-            continue
-        pct = 100 * ours.gflops() / mm_gflops
-        line = f"FLOP rate {pct:.0f}% of the matmul rate (target ≥ 40%: {'met' if pct >= 40 else 'NOT met'})"
-        if peers:
-            fast = max(peers, key=lambda r: r.tokens_per_s)
-            ratio = ours.tokens_per_s / fast.tokens_per_s
-            line += (f"; ours/peer tok/s {ratio:.2f}× vs the faster peer row ({fast.impl.label}) "
-                     f"(target ≥ {want:g}×: {'met' if ratio >= want else 'NOT met'})")
-            if isinstance(ours.memory, dict) and isinstance(fast.memory, dict):
-                for what in ("step", "process"):
-                    share = ours.memory[f"{what}_mib"] / fast.memory[f"{what}_mib"]
-                    line += (f"; {what} peak ours/peer {share:.2f} "
-                             f"(target ≤ 0.5: {'met' if share <= 0.5 else 'NOT met'})")
-        lines.append(f"**Target, {label}: {line}.**")
+        for ours in (r for r in rows if r.setup.label == label and r.impl.owner == "ours"):
+            pct = 100 * ours.gflops() / mm_gflops
+            line = f"FLOP rate {pct:.0f}% of the matmul rate (target ≥ 40%: {'met' if pct >= 40 else 'NOT met'})"
+            if peers:
+                fast = max(peers, key=lambda r: r.tokens_per_s)
+                ratio = ours.tokens_per_s / fast.tokens_per_s
+                line += (f"; ours/peer tok/s {ratio:.2f}× vs the faster peer row ({fast.impl.label}) "
+                         f"(target ≥ {want:g}×: {'met' if ratio >= want else 'NOT met'})")
+                if isinstance(ours.memory, dict) and isinstance(fast.memory, dict):
+                    for what in ("step", "process"):
+                        share = ours.memory[f"{what}_mib"] / fast.memory[f"{what}_mib"]
+                        line += (f"; {what} peak ours/peer {share:.2f} "
+                                 f"(target ≤ 0.5: {'met' if share <= 0.5 else 'NOT met'})")
+            which = ", compiled" if ours.impl.key.endswith(":compiled") else ""
+            lines.append(f"**Target, {label}{which}: {line}.**")
     return lines
 
 
@@ -375,6 +383,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                    help="time the xlstm package when installed")
+    p.add_argument("--compile", nargs="*", choices=["ours", "xlstm"], default=[],
+                   help="also time these models under torch.compile (inductor), as extra rows: ours, xlstm (the "
+                        "peer). Ratios of compiled rows are against ours compiled; no memory for them. Compiling "
+                        "takes minutes on 2 cores")
     add_malloc_argument(p)
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -407,7 +419,7 @@ def run(args: argparse.Namespace) -> str:
     load_before = os.getloadavg()[0]
     missing = peer_available() if args.peers else "peers switched off (--no-peers)"
     notes = [f"Peer rows skipped: {missing}."] if missing else []
-    impls = implementations([] if missing else args.peer_mlstm)
+    impls = implementations([] if missing else args.peer_mlstm, tuple(args.compile))
     setups = [Setup(args.embedding_dim, args.num_blocks, args.vocab_size, args.num_heads, slstm_at, args.batch_size,
                     args.seq_len, args.chunk_size) for slstm_at in ((), (args.slstm_at,))]
     if not missing and "chunkwise" in args.peer_mlstm:
@@ -425,13 +437,19 @@ def run(args: argparse.Namespace) -> str:
         group = [Row(i, setup, seconds[i.key], params[i.key], losses[i.key]) for i in impls]
         if args.memory:
             for row in group:
+                if row.impl.key.endswith(":compiled"):
+                    continue  # compiling in the child would count the compiler's own memory
                 _progress(f"[bench_train] {setup.label}: peak memory of {row.impl.key}")
                 row.memory = measure_memory(row.impl.key, setup, args.peer_mlstm)
         ours = group[0]
+        ours_compiled = next((r for r in group if r.impl.key == "ours:compiled"), ours)
         for row in group[1:]:
-            row.ratio = ours.tokens_per_s / row.tokens_per_s
-            if isinstance(row.memory, dict) and isinstance(ours.memory, dict):
-                row.memory_ratio = row.memory["step_mib"] / ours.memory["step_mib"]
+            if row.impl.owner == "ours":
+                continue
+            mine = ours_compiled if row.impl.key.endswith(":compiled") else ours  # like with like
+            row.ratio = mine.tokens_per_s / row.tokens_per_s
+            if isinstance(row.memory, dict) and isinstance(mine.memory, dict):
+                row.memory_ratio = row.memory["step_mib"] / mine.memory["step_mib"]
             same = row.params == ours.params
             row.note = ("params equal to ours" if same else
                         f"params differ from ours by {100 * (row.params - ours.params) / ours.params:+.1f}%")

@@ -70,6 +70,23 @@ def test_peer_rows_and_ratios():
     assert report.count("**Target,") == 2
 
 
+def test_compile_adds_compiled_rows_compared_like_with_like(monkeypatch):
+    """--compile: a compiled row per named owner, its ratio against ours compiled (the models are stand-ins:
+    compiling is tested in tests/ops/test_compile.py and tests/training)."""
+    impls = bench.implementations(["parallel"], ("ours", "xlstm"))
+    assert [i.key for i in impls] == ["ours", "peer:parallel", "ours:compiled", "peer:parallel:compiled"]
+    assert [i.key for i in bench.implementations(["parallel"], ("ours",))] == ["ours", "peer:parallel",
+                                                                               "ours:compiled"]
+    monkeypatch.setattr(bench, "peer_available", lambda: None)
+    monkeypatch.setattr(bench, "implementations", lambda variants, compiled: impls)
+    seconds = {"ours": 1.0, "peer:parallel": 3.0, "ours:compiled": 0.5, "peer:parallel:compiled": 2.0}
+    monkeypatch.setattr(bench, "time_group", lambda impls, setup, repeats, mm: (
+        seconds, {i.key: 10 for i in impls}, {i.key: 1.0 for i in impls}))
+    rows = parse_table(bench.main(TINY + ["--compile", "ours", "xlstm"]))
+    ratios = {r["implementation"]: r["ours/peer tok/s"] for r in rows[:4]}
+    assert list(ratios.values()) == ["", "3.00×", "", "4.00×"]  # eager vs eager, compiled vs compiled
+
+
 @pytest.mark.skipif(not PEERS_INSTALLED, reason="xlstm not installed")
 @pytest.mark.parametrize("slstm_at", [(), (1,)], ids=["mlstm-only", "one-slstm"])
 def test_peer_config_matches_ours(slstm_at):

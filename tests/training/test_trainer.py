@@ -144,3 +144,32 @@ def test_packed_training_loss_equals_each_document_piece_alone(corpus, tmp_path)
     trainer.close()
     _, result = _train(corpus, tmp_path, out="packed", packing="reset")
     assert result.val_loss is not None and result.train_loss < 6
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_like_the_eager_one(corpus, tmp_path, monkeypatch):
+    """``compile=true``: torch.compile (inductor) on the plain batches, packed ones eagerly (a compiled graph is
+    specialised to the document boundaries); the losses follow the eager run's within float32 rounding
+    (fusion reorders the arithmetic)."""
+    from xlstm_torch.training import trainer as trainer_module
+
+    packed_calls = []
+    real_batch_logits = trainer_module.batch_logits
+
+    def recording(model, batch, reset_at_documents, device=None, packed_model=None):
+        if reset_at_documents and bool(batch.doc_starts[:, 1:].any()):
+            packed_calls.append(packed_model)
+        return real_batch_logits(model, batch, reset_at_documents, device, packed_model)
+
+    monkeypatch.setattr(trainer_module, "batch_logits", recording)
+    extra = dict(packing="reset", seq_len=64, batch_size=8, max_steps=6, eval_every=3, save_every=3)
+    _train(corpus, tmp_path, out="eager", **extra)
+    assert packed_calls  # both kinds of batch ran
+    packed_calls.clear()
+    torch._dynamo.reset()
+    trainer, _ = _train(corpus, tmp_path, out="compiled", compile="true", **extra)
+    assert packed_calls and all(m is trainer.wrapped for m in packed_calls)  # the eager model
+    for (step, loss, val), (step_c, loss_c, val_c) in zip(_losses(tmp_path / "eager"), _losses(tmp_path / "compiled"),
+                                                          strict=True):
+        assert step == step_c and float(loss_c) == pytest.approx(float(loss), rel=1e-4)
+        assert (val == "") == (val_c == "") and (val == "" or float(val_c) == pytest.approx(float(val), rel=1e-4))

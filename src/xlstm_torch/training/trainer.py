@@ -217,7 +217,9 @@ class Trainer:
         """Summed cross-entropy over the batch's labelled tokens, and their count."""
         labels = batch.labels.to(self.device, non_blocking=True)
         with self._autocast():
-            logits = batch_logits(model, batch, self._packed, self.device)  # (B, S, V)
+            # Packed batches run eagerly: a compiled graph is specialised to the document boundaries, so each
+            # new packing would compile anew (tests/ops/test_compile.py).
+            logits = batch_logits(model, batch, self._packed, self.device, packed_model=self.wrapped)  # (B, S, V)
         logits = logits.reshape(labels.numel(), -1).float()
         loss_sum = F.cross_entropy(logits, labels.reshape(-1), ignore_index=-100, reduction="sum")
         return loss_sum, (labels != -100).sum()
@@ -360,17 +362,19 @@ class Trainer:
         D.shutdown(self.dist)
 
 
-def batch_logits(model, batch, reset_at_documents: bool, device=None) -> torch.Tensor:
+def batch_logits(model, batch, reset_at_documents: bool, device=None, packed_model=None) -> torch.Tensor:
     """Logits (B, S, V) of a training batch, the model's state starting empty at every row.
 
     ``reset_at_documents``: also at every document start inside a row — the rows are then packed back to back as
-    one sequence with ``cu_seqlens``. Where no document starts inside a row that is the same computation as the
-    plain batch, which is faster (the batch dimension stays parallel), so the plain batch is run instead.
+    one sequence with ``cu_seqlens``, run by ``packed_model`` (default: ``model``). Where no document starts inside
+    a row that is the same computation as the plain batch, which is faster (the batch dimension stays parallel), so
+    the plain batch is run instead.
     """
     input_ids = batch.input_ids.to(device, non_blocking=True)
     B, S = input_ids.shape
     if reset_at_documents and bool(batch.doc_starts[:, 1:].any()):
-        logits, _ = model(input_ids.reshape(1, B * S), cu_seqlens=batch.cu_seqlens().to(device), return_state=False)
+        logits, _ = (packed_model or model)(input_ids.reshape(1, B * S), cu_seqlens=batch.cu_seqlens().to(device),
+                                            return_state=False)
         return logits.reshape(B, S, -1)
     logits, _ = model(input_ids, return_state=False)
     return logits

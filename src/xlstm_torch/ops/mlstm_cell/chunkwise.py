@@ -30,7 +30,10 @@ in the forward or the backward. The unpacked call is the case of one document pe
 
 from __future__ import annotations
 
+import contextlib
 import math
+from itertools import accumulate
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +109,7 @@ class _Layout:
             self.index = None
         else:
             chunks = [-(-(b - a) // L) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])]
-            self.chunk_bounds = tuple(torch.tensor([0, *chunks]).cumsum(0).tolist())
+            self.chunk_bounds = tuple(accumulate(chunks, initial=0))
             self.nc = self.chunk_bounds[-1]
             starts = host_to_device([L * k - a for k, a in zip(self.chunk_bounds, cu_seqlens[:-1])], device)
             lengths = host_to_device([b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])], device)
@@ -181,6 +184,13 @@ class ChunkwiseMLSTM(torch.autograd.Function):
     documents C0 (BH, D, DK, DV+1) and m0 (BH, D); ``cu_seqlens`` None (D = 1: each batch row is one
     document) or the document boundaries (B = 1). Outputs h (B, NH, S, DV) and the final states
     C_last (BH, D, DK, DV+1), m_last (BH, D).
+
+    The work of each direction is one custom op (``xlstm_torch::mlstm_chunkwise_forward`` and
+    ``_backward``): torch.compile keeps each as one opaque node of its graph, so a compiled model
+    traces through the cell without a graph break and runs this hand-scheduled code inside it (the
+    gate statistics branch on data and the scans write into views, which tracing cannot follow).
+    The chunked copies of q, k, v are made out here, where a compiled graph can fuse them with the
+    projections that produce q, k, v.
     """
 
     @staticmethod
@@ -192,114 +202,166 @@ class ChunkwiseMLSTM(torch.autograd.Function):
         qc = _chunks(q.reshape(BH, S, DK), layout)  # (BH, nc, L, DK): a copy unless q is contiguous and unpadded
         kc = _chunks(k.reshape(BH, S, DK), layout)
         vc = _chunks(v.reshape(BH, S, DV), layout, ones_column=True)  # (BH, nc, L, DV+1)
-        fw = _Forward(qc, kc, vc, i, f, C0, m0, layout)
-        st, fac, kw = fw.st, fw.fac, fw.kw
-        q_row = qc * fac["row"][..., None]
-        scores = _flat(q_row @ kw.transpose(-1, -2)).tril_()  # (BH nc, L, L)
-        if fac["unsafe"] is not None:
-            scores[fac["unsafe"]] = 0.0
-        # In-place accumulation (baddbmm_) throughout: out-of-place baddbmm first copies its addend.
-        num = (_flat(qc * fac["carry"][..., None]) @ _flat(fw.C_in)).baddbmm_(scores, _flat(vc))  # (BH nc, L, DV+1)
-        if fac["unsafe"] is not None:
-            num[fac["unsafe"]] += _intra_unsafe(qc, kc, vc, st, fac["unsafe"])
-        den = num[..., DV]  # (BH nc, L)
-        Q = torch.maximum(den.abs(), normaliser_floor(st["m_step"], q.dtype).view_as(den)) + eps
-        h_pad = num[..., :DV] / Q[..., None]  # (BH nc, L, DV)
-        h = fw.layout.unpad(h_pad.view(BH, -1, DV)).reshape(B, NH, S, DV)
+        bounds = None if cu_seqlens is None else list(cu_seqlens)
+        h_pad, C_last, m_last, den, Q = torch.ops.xlstm_torch.mlstm_chunkwise_forward(qc, kc, vc, i, f, C0, m0, S,
+                                                                                       eps, bounds)
+        h = layout.unpad(h_pad.view(BH, -1, DV)).reshape(B, NH, S, DV)
         # The chunked q, k, v, not the inputs: the backward needs them in this layout, and the layers pass
         # strided views of (B, S, NH, D) tensors that they do not keep, so these copies replace them.
-        ctx.save_for_backward(qc, kc, vc, i, f, C0, m0, h_pad, den.contiguous(), Q)
-        ctx.chunk_size, ctx.eps, ctx.cu_seqlens, ctx.shape = chunk_size, eps, cu_seqlens, (B, NH, S, DK, DV)
-        return h, fw.C_last, st["m_chunk"][:, fw.layout.last_chunks].to(q.dtype)
+        ctx.save_for_backward(qc, kc, vc, i, f, C0, m0, h_pad, den, Q)
+        ctx.eps, ctx.bounds, ctx.S = eps, bounds, S
+        return h, C_last, m_last
 
     @staticmethod
     def backward(ctx, dh, dC_last, dm_last):
-        qc, kc, vc, i, f, C0, m0, h_pad, den, Q = ctx.saved_tensors
-        eps = ctx.eps
-        B, NH, S, DK, DV = ctx.shape
-        BH, dtype = B * NH, qc.dtype
-        fw = _Forward(qc, kc, vc, i, f, C0, m0, _Layout(S, ctx.chunk_size, ctx.cu_seqlens, qc.device))
-        layout, st, fac, kw, C_in, C_last, f64 = fw.layout, fw.st, fw.fac, fw.kw, fw.C_in, fw.C_last, fw.f64
-        del fw  # from here on each (BH nc, L, ·) temporary is dropped once used: it sets the step's peak memory
-        L, nc = layout.L, layout.nc
+        qc, vc, S = ctx.saved_tensors[0], ctx.saved_tensors[2], ctx.S
+        dq, dk, dv, di, df, dC0, dm0 = torch.ops.xlstm_torch.mlstm_chunkwise_backward(
+            *ctx.saved_tensors, dh, dC_last, dm_last, S, ctx.eps, ctx.bounds)
+        (BH, nc, L, DK), DV = qc.shape, vc.shape[-1] - 1
+        B, NH = di.shape[:2]
+        layout = _Layout(S, L, ctx.bounds, qc.device)
 
-        # h_j = num_j / Q_j with Q_j = max(|den_j|, exp(-m_j)) + eps; num_j, den_j ∝ exp(ℓ_j).
-        dh = torch.zeros_like(h_pad) if dh is None else layout.pad(dh.reshape(BH, S, DV)).reshape_as(h_pad)
-        dh_dot_h = (dh * h_pad).sum(-1)  # (BH nc, L)
-        floor = normaliser_floor(st["m_step"], dtype).view_as(den)
-        dden = -dh_dot_h / Q * torch.sign(den) * (den.abs() > floor).to(dtype)
-        dnum = dh.new_empty(BH * nc, L, DV + 1)  # (BH nc, L, DV+1): numerator and normaliser columns
-        torch.div(dh, Q[..., None], out=dnum[..., :DV])
-        dnum[..., DV] = dden
-        del dh
-        dl = dh_dot_h + dden * den  # dℓ_j
-
-        # Carried state: num += (q exp(m_{k-1} - M_j)) C̄_in.
-        dnum_carry = dnum * fac["carry"].view(-1, L, 1)
-        dq = dnum_carry @ _flat(C_in).transpose(-1, -2)  # (BH nc, L, DK)
-        into_state = _flat(qc).transpose(-1, -2) @ dnum_carry  # (BH nc, DK, DV+1)
-        del dnum_carry
-        if dC_last is None:
-            dC_last = torch.zeros_like(C_last)
-        dg, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac, C_in, C_last,
-                                               layout.chunk_bounds)
-        del into_state, C_in
-
-        # Intra-chunk part: num += tril((q exp(c - M_j)) kwᵀ) v.
-        dnum_row = dnum * fac["row"].view(-1, L, 1)
-        if fac["unsafe"] is None:
-            del dnum
-        dscores = (dnum_row @ _flat(vc).transpose(-1, -2)).tril_()  # (BH nc, L, L)
-        scores = (_flat(qc) @ _flat(kw).transpose(-1, -2)).tril_()
-        if fac["unsafe"] is not None:
-            dscores[fac["unsafe"]] = 0.0
-            scores[fac["unsafe"]] = 0.0
-        dq.baddbmm_(dscores, _flat(kw))
-        # The chunk's own inflow to the state it leaves: inflow_k kwᵀ v.
-        dC_inflow = _flat(dC_inflow)  # (BH nc, DK, DV+1) gradient on the chunk's unweighted update kwᵀ v
-        dkw = (dscores.transpose(-1, -2) @ _flat(qc)).baddbmm_(_flat(vc), dC_inflow.transpose(-1, -2))
-        del dscores
-        dv = (scores.transpose(-1, -2) @ dnum_row).baddbmm_(_flat(kw), dC_inflow)[..., :DV]
-        del scores, dnum_row, dC_inflow
-        dk = dkw * fac["w"].view(-1, L, 1)
-        du = (dkw * _flat(kw)).sum(-1)  # (BH nc, L)  kw_l ∝ exp(u_l)
-        del dkw
-        if fac["unsafe"] is not None:
-            sel = fac["unsafe"]
-            with torch.enable_grad():
-                leaves = [_flat(x)[sel].detach().requires_grad_(True) for x in (qc, kc, vc, st["u"])]
-                num_u = _intra_log_weights(*leaves, st["M"].reshape(-1, L)[sel], DK)
-                gq, gk, gv, gu = torch.autograd.grad(num_u, leaves, dnum[sel])
-            dq[sel] += gq
-            dk[sel] += gk
-            dv[sel] += gv[..., :DV]
-            du[sel] += gu.to(dtype)
-
-        # Gate gradients in float64: ℓ_j = b_j - m_j, u_l = ĩ_l - b_l, g = b_L, b = cumsum(logσ(f̃)).
-        db = (dl - du).double().view(BH, nc, L)
-        db[..., -1] += dg.double()
-        dlog_f = reverse_cumsum(db).reshape(BH, nc * L)
-        di = layout.unpad(du.double().reshape(BH, nc * L))  # (BH, S)
-        df = layout.unpad(dlog_f * torch.sigmoid(-f64))
-
-        # Stabiliser path (module docstring): h_j depends on m_j through eps; the returned m is an
-        # output and the returned C̄, n̄ carry exp(-m); dm0 also collects the initial state's scale.
-        dm_step = (-eps * dh_dot_h / Q).double().view(BH, nc, L)
-        dm_final = -_dot(dC_last, C_last)  # (BH, D)
-        if dm_last is not None:
-            dm_final = dm_final + dm_last
-        dm0 = _dot(dC0, C0).double()  # (BH, D)
-        if eps != 0.0 or bool((dm_final != 0).any()):
-            gi, gf, gm0 = _stabiliser_grads(i, f, m0, layout, dm_step, dm_final.double())
-            di += gi
-            df += gf
-            dm0 = dm0 + gm0
-
-        def unpad(x, D):
+        def unpad(x, D):  # (BH nc, L, D) -> (B, NH, S, D): a view unless packed
             return layout.unpad(x.reshape(BH, nc * L, D)).reshape(B, NH, S, D)
 
-        return (unpad(dq, DK), unpad(dk, DK), unpad(dv, DV), di.reshape(B, NH, S).to(dtype),
-                df.reshape(B, NH, S).to(dtype), dC0, dm0.to(dtype), None, None, None)
+        return unpad(dq, DK), unpad(dk, DK), unpad(dv[..., :DV], DV), di, df, dC0, dm0, None, None, None
+
+
+@torch.library.custom_op("xlstm_torch::mlstm_chunkwise_forward", mutates_args=())
+def _chunkwise_forward(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                       C0: torch.Tensor, m0: torch.Tensor, S: int, eps: float, cu_seqlens: Optional[list[int]]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """qc, kc (BH, nc, L, DK), vc (BH, nc, L, DV+1) from ``_chunks``; i, f, C0, m0 as ``ChunkwiseMLSTM``'s.
+    Returns h on the chunked axis (BH nc, L, DV), C_last, m_last, and the normaliser's den and Q (BH nc, L)
+    that the backward reads. Every output is a new contiguous tensor (what ``_forward_shapes`` promises)."""
+    BH, nc, L, DK = qc.shape
+    DV = vc.shape[-1] - 1
+    fw = _Forward(qc, kc, vc, i, f, C0, m0, _Layout(S, L, cu_seqlens, qc.device))
+    st, fac, kw = fw.st, fw.fac, fw.kw
+    q_row = qc * fac["row"][..., None]
+    scores = _flat(q_row @ kw.transpose(-1, -2)).tril_()  # (BH nc, L, L)
+    if fac["unsafe"] is not None:
+        scores[fac["unsafe"]] = 0.0
+    # In-place accumulation (baddbmm_) throughout: out-of-place baddbmm first copies its addend.
+    num = (_flat(qc * fac["carry"][..., None]) @ _flat(fw.C_in)).baddbmm_(scores, _flat(vc))  # (BH nc, L, DV+1)
+    if fac["unsafe"] is not None:
+        num[fac["unsafe"]] += _intra_unsafe(qc, kc, vc, st, fac["unsafe"])
+    den = num[..., DV]  # (BH nc, L)
+    Q = torch.maximum(den.abs(), normaliser_floor(st["m_step"], qc.dtype).view_as(den)) + eps
+    h_pad = num[..., :DV] / Q[..., None]  # (BH nc, L, DV)
+    return h_pad, fw.C_last.contiguous(), st["m_chunk"][:, fw.layout.last_chunks].to(qc.dtype).contiguous(), \
+        den.contiguous(), Q
+
+
+@_chunkwise_forward.register_fake
+def _forward_shapes(qc, kc, vc, i, f, C0, m0, S, eps, cu_seqlens):
+    BH, nc, L, _ = qc.shape
+    rows = qc.new_empty(BH * nc, L)
+    return (qc.new_empty(BH * nc, L, vc.shape[-1] - 1), torch.empty_like(C0, memory_format=torch.contiguous_format),
+            qc.new_empty(BH, C0.shape[1]), rows, torch.empty_like(rows))
+
+
+@torch.library.custom_op("xlstm_torch::mlstm_chunkwise_backward", mutates_args=())
+def _chunkwise_backward(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                        C0: torch.Tensor, m0: torch.Tensor, h_pad: torch.Tensor, den: torch.Tensor, Q: torch.Tensor,
+                        dh: Optional[torch.Tensor], dC_last: Optional[torch.Tensor], dm_last: Optional[torch.Tensor],
+                        S: int, eps: float, cu_seqlens: Optional[list[int]]) -> list[torch.Tensor]:
+    """Gradients on (q, k, v, i, f, C0, m0) from those on (h, C_last, m_last) (any may be None), each a new
+    contiguous tensor: dq, dk (BH nc, L, DK) and dv (BH nc, L, DV+1, its last column the ones column's) on the
+    chunked axis, the others shaped like their inputs. Recomputes the chunk states with one scan (module
+    docstring)."""
+    B, NH = i.shape[:2]
+    BH, _, L, DK = qc.shape
+    DV, dtype = vc.shape[-1] - 1, qc.dtype
+    fw = _Forward(qc, kc, vc, i, f, C0, m0, _Layout(S, L, cu_seqlens, qc.device))
+    layout, st, fac, kw, C_in, C_last, f64 = fw.layout, fw.st, fw.fac, fw.kw, fw.C_in, fw.C_last, fw.f64
+    del fw  # from here on each (BH nc, L, ·) temporary is dropped once used: it sets the step's peak memory
+    L, nc = layout.L, layout.nc
+
+    # h_j = num_j / Q_j with Q_j = max(|den_j|, exp(-m_j)) + eps; num_j, den_j ∝ exp(ℓ_j).
+    dh = torch.zeros_like(h_pad) if dh is None else layout.pad(dh.reshape(BH, S, DV)).reshape_as(h_pad)
+    dh_dot_h = (dh * h_pad).sum(-1)  # (BH nc, L)
+    floor = normaliser_floor(st["m_step"], dtype).view_as(den)
+    dden = -dh_dot_h / Q * torch.sign(den) * (den.abs() > floor).to(dtype)
+    dnum = dh.new_empty(BH * nc, L, DV + 1)  # (BH nc, L, DV+1): numerator and normaliser columns
+    torch.div(dh, Q[..., None], out=dnum[..., :DV])
+    dnum[..., DV] = dden
+    del dh
+    dl = dh_dot_h + dden * den  # dℓ_j
+
+    # Carried state: num += (q exp(m_{k-1} - M_j)) C̄_in.
+    dnum_carry = dnum * fac["carry"].view(-1, L, 1)
+    dq = dnum_carry @ _flat(C_in).transpose(-1, -2)  # (BH nc, L, DK)
+    into_state = _flat(qc).transpose(-1, -2) @ dnum_carry  # (BH nc, DK, DV+1)
+    del dnum_carry
+    if dC_last is None:
+        dC_last = torch.zeros_like(C_last)
+    dg, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac, C_in, C_last,
+                                           layout.chunk_bounds)
+    del into_state, C_in
+
+    # Intra-chunk part: num += tril((q exp(c - M_j)) kwᵀ) v.
+    dnum_row = dnum * fac["row"].view(-1, L, 1)
+    if fac["unsafe"] is None:
+        del dnum
+    dscores = (dnum_row @ _flat(vc).transpose(-1, -2)).tril_()  # (BH nc, L, L)
+    scores = (_flat(qc) @ _flat(kw).transpose(-1, -2)).tril_()
+    if fac["unsafe"] is not None:
+        dscores[fac["unsafe"]] = 0.0
+        scores[fac["unsafe"]] = 0.0
+    dq.baddbmm_(dscores, _flat(kw))
+    # The chunk's own inflow to the state it leaves: inflow_k kwᵀ v.
+    dC_inflow = _flat(dC_inflow)  # (BH nc, DK, DV+1) gradient on the chunk's unweighted update kwᵀ v
+    dkw = (dscores.transpose(-1, -2) @ _flat(qc)).baddbmm_(_flat(vc), dC_inflow.transpose(-1, -2))
+    del dscores
+    dv = (scores.transpose(-1, -2) @ dnum_row).baddbmm_(_flat(kw), dC_inflow)  # (BH nc, L, DV+1)
+    del scores, dnum_row, dC_inflow
+    dk = dkw * fac["w"].view(-1, L, 1)
+    du = (dkw * _flat(kw)).sum(-1)  # (BH nc, L)  kw_l ∝ exp(u_l)
+    del dkw
+    if fac["unsafe"] is not None:
+        sel = fac["unsafe"]
+        with _differentiable():
+            leaves = [_flat(x)[sel].detach().requires_grad_(True) for x in (qc, kc, vc, st["u"])]
+            num_u = _intra_log_weights(*leaves, st["M"].reshape(-1, L)[sel], DK)
+            gq, gk, gv, gu = torch.autograd.grad(num_u, leaves, dnum[sel])
+        dq[sel] += gq
+        dk[sel] += gk
+        dv[sel] += gv
+        du[sel] += gu.to(dtype)
+
+    # Gate gradients in float64: ℓ_j = b_j - m_j, u_l = ĩ_l - b_l, g = b_L, b = cumsum(logσ(f̃)).
+    db = (dl - du).double().view(BH, nc, L)
+    db[..., -1] += dg.double()
+    dlog_f = reverse_cumsum(db).reshape(BH, nc * L)
+    di = layout.unpad(du.double().reshape(BH, nc * L))  # (BH, S)
+    df = layout.unpad(dlog_f * torch.sigmoid(-f64))
+
+    # Stabiliser path (module docstring): h_j depends on m_j through eps; the returned m is an
+    # output and the returned C̄, n̄ carry exp(-m); dm0 also collects the initial state's scale.
+    dm_step = (-eps * dh_dot_h / Q).double().view(BH, nc, L)
+    dm_final = -_dot(dC_last, C_last)  # (BH, D)
+    if dm_last is not None:
+        dm_final = dm_final + dm_last
+    dm0 = _dot(dC0, C0).double()  # (BH, D)
+    if eps != 0.0 or bool((dm_final != 0).any()):
+        gi, gf, gm0 = _stabiliser_grads(i, f, m0, layout, dm_step, dm_final.double())
+        di += gi
+        df += gf
+        dm0 = dm0 + gm0
+
+
+    return [dq, dk, dv, di.reshape(B, NH, S).to(dtype).contiguous(), df.reshape(B, NH, S).to(dtype).contiguous(),
+            dC0.contiguous(), dm0.to(dtype).contiguous()]
+
+
+@_chunkwise_backward.register_fake
+def _backward_shapes(qc, kc, vc, i, f, C0, m0, h_pad, den, Q, dh, dC_last, dm_last, S, eps, cu_seqlens):
+    B, NH = i.shape[:2]
+    BH, nc, L, DK = qc.shape
+    return [qc.new_empty(BH * nc, L, DK), qc.new_empty(BH * nc, L, DK), qc.new_empty(BH * nc, L, vc.shape[-1]),
+            qc.new_empty(B, NH, S), qc.new_empty(B, NH, S), torch.empty_like(C0, memory_format=torch.contiguous_format),
+            qc.new_empty(m0.shape)]
 
 
 class _Forward:
@@ -334,12 +396,27 @@ def _padded_gates(i, f, layout: _Layout):
 def _stabiliser_grads(i, f, m0, layout: _Layout, dm_step, dm_final):
     """Backpropagate gradients on the stabilisers (per-step m and each document's final m) to
     (ĩ (BH, S), f̃ (BH, S), m0 (BH, D)), in float64."""
-    with torch.enable_grad():
+    with _differentiable():
         i_leaf, f_leaf, m0_leaf = (x.detach().double().requires_grad_(True) for x in (i, f, m0))
         st = _gate_stats(*_padded_gates(i_leaf, f_leaf, layout), m0_leaf, layout.L, layout.chunk_bounds)
         gi, gf, gm0 = torch.autograd.grad((st["m_step"], st["m_chunk"][:, layout.last_chunks]),
                                           (i_leaf, f_leaf, m0_leaf), (dm_step, dm_final))
     return gi.reshape(-1, layout.S), gf.reshape(-1, layout.S), gm0
+
+
+def _differentiable():
+    """``torch.enable_grad()`` that also works inside a custom op: the dispatcher runs an op's body below
+    the autograd keys (they sit in the thread's exclude set there), where tensors record no graph even
+    with grad mode on. The backward differentiates two small float64 pieces (the stabilisers, the few
+    unfactorised chunks) with autograd, so it lifts that exclusion for them."""
+    include, exclude = torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set()
+    for key in (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
+                torch._C.DispatchKey.AutogradNestedTensor):
+        exclude = exclude.remove(key)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch._C._ForceDispatchKeyGuard(include, exclude))
+    stack.enter_context(torch.enable_grad())
+    return stack
 
 
 def _exp(x64, dtype):
