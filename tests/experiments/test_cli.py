@@ -59,6 +59,10 @@ def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
     assert main(args + ["--lr", "5e-4", "--heads", "2"]) == 0  # another head count is another run
     r = json.loads(result.read_text())
     assert r["num_heads"] == r["slstm_num_heads"] == 2
+    before = (tmp_path / "mqar_V64.md").read_text()
+    assert main(args + ["--lr", "5e-4", "--heads", "2", "--budget-minutes", "0", "--table-name", "widths"]) == 0
+    assert (tmp_path / "widths.md").read_text() == before  # the same cells, under the name asked for
+    assert (tmp_path / "mqar_V64.md").read_text() == before
 
 
 def _has_matplotlib() -> bool:

@@ -77,6 +77,8 @@ def register(subparsers) -> None:
     p.add_argument("--tasks", nargs="*", default=None, help="formal: tasks (default all)")
     p.add_argument("--settings", type=int, default=4, help="mqar: how many of (64,4),(128,8),(256,16),(512,64)")
     p.add_argument("--widths", type=int, nargs="*", default=[64], help="mqar: model widths")
+    p.add_argument("--table-name", default=None,
+                   help="file name (no suffix) of the table and plot (default: the sweep's, e.g. mqar_V256)")
     p.add_argument("--batch-size", type=int, default=None, help="mqar: batch size (default 64)")
     p.add_argument("--vocab-size", type=int, default=MQAR_VOCAB, help="mqar: vocabulary (default %(default)s, Zoology's)")
     p.add_argument("--lr", type=float, default=MQAR_LR, help="mqar: peak learning rate (default %(default)s)")

@@ -117,7 +117,7 @@ def run_table(name: str, args, log=print) -> Path:
                 log(f"  FAILED {key}: {err}")
     results = [json.loads((runs / c[2] / "results.json").read_text()) for c in cells if _done(runs / c[2], c[1])]
     missing = [c[2] for c in cells if not _done(runs / c[2], c[1])]
-    stem = name + (_vocab_tag(args) if name == "mqar" else "")
+    stem = getattr(args, "table_name", None) or name + (_vocab_tag(args) if name == "mqar" else "")
     text = _WRITERS[name](results, out, stem)
     if missing:
         text += f"\nMissing cells (budget reached or failed): {', '.join(missing)}\n"
