@@ -93,14 +93,16 @@ def test_compiled_chunkwise_packed_equals_eager():
                             fullgraph=False)
 
 
-def test_xlstm_model_compiles_without_graph_breaks():
-    """The mLSTM language model is one graph for torch.compile (sLSTM blocks break it on purpose: their
-    recurrence runs eager, ``slstm_recurrent``)."""
-    from xlstm_torch.models import XLSTMConfig, XLSTMLanguageModel
+@pytest.mark.parametrize("family", ["xlstm", "xlstm-large"])
+def test_mlstm_models_compile_without_graph_breaks(family):
+    """The paper's mLSTM language model and the xLSTM 7B architecture are one graph each for torch.compile
+    (sLSTM blocks break it on purpose: their recurrence runs eagerly, ``slstm_recurrent``)."""
+    from xlstm_torch.models import XLSTMConfig, XLSTMLargeConfig, build_model
 
     torch.manual_seed(0)
-    model = XLSTMLanguageModel(XLSTMConfig(vocab_size=32, embedding_dim=32, num_blocks=2, num_heads=2,
-                                           slstm_at=()))
+    config = (XLSTMConfig(vocab_size=32, embedding_dim=32, num_blocks=2, num_heads=2, slstm_at=())
+              if family == "xlstm" else XLSTMLargeConfig(vocab_size=32, embedding_dim=64, num_blocks=2, num_heads=2))
+    model = build_model(config)
     ids = torch.randint(0, 32, (2, 20))
     torch._dynamo.reset()
     explained = torch._dynamo.explain(lambda x: model(x)[0].sum())(ids)
