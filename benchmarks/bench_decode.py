@@ -56,6 +56,7 @@ class Runner:
     step: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
     state_bytes: Callable[[Any], int]
     copy_state: Callable[[Any], Any]
+    model: Any = None  # the module behind the calls, where there is one
 
 
 def tensor_bytes(obj) -> int:
@@ -105,7 +106,22 @@ def library_runner(name: str, model) -> Runner:
         logits, state = model(token, state)
         return logits[:, -1], state
 
-    return Runner(name, prefill, step, tensor_bytes, clone_tree)
+    return Runner(name, prefill, step, tensor_bytes, clone_tree, model)
+
+
+def compiled(runner: Runner) -> Runner:
+    """``runner`` with its one-token steps through ``torch.compile`` (what ``generate(..., compile=True)``
+    runs); the prompt stays eager."""
+    from xlstm_torch.generation import compiled_step
+
+    step_model = compiled_step(runner.model)
+
+    def step(token, state):
+        logits, state = step_model(token, state)
+        return logits[:, -1], state
+
+    return Runner(f"{runner.name} (torch.compile)", runner.prefill, step, runner.state_bytes, runner.copy_state,
+                  runner.model)
 
 
 def our_xlstm(device, dtype) -> Runner | str:
@@ -282,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--models", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
+    parser.add_argument("--compile", action="store_true",
+                        help="also our xLSTM models with their one-token steps through torch.compile "
+                             "(xlstm_torch.generation.compiled_step), as rows of their own")
     parser.add_argument("--hf-builtin", action="store_true",
                         help="hf-xlstm on transformers' built-in PyTorch layers, also where the xlstm package is installed")
     args = parser.parse_args(argv)
@@ -300,11 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(runner, str):
             notes.append(f"- {name}: {runner}")
             continue
-        warm_up(runner, device)
-        for context in args.contexts:
-            r = measure(runner, context, args.new_tokens, args.batch, args.repeats, device)
-            rows.append((runner.name, context, r))
-            print(f"{runner.name} L={context}: {r}", file=sys.stderr, flush=True)
+        runners = [runner] + ([compiled(runner)] if args.compile and name in ("xlstm", "xlstm-large") else [])
+        for runner in runners:
+            warm_up(runner, device)  # the compiled runner compiles here
+            for context in args.contexts:
+                r = measure(runner, context, args.new_tokens, args.batch, args.repeats, device)
+                rows.append((runner.name, context, r))
+                print(f"{runner.name} L={context}: {r}", file=sys.stderr, flush=True)
 
     print(f"Decode benchmark: D {D_MODEL}, {NUM_BLOCKS} blocks, {NUM_HEADS} heads, vocab {VOCAB}, batch {args.batch}, "
           f"{args.dtype}, {args.new_tokens} new tokens, device {device} "

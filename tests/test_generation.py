@@ -324,6 +324,7 @@ def test_list_of_prompts_errors_name_the_argument(prompts, kwargs, exc, match):
     (dict(do_sample="yes"), TypeError, "do_sample"),
     (dict(do_sample=True, temperature=0), ValueError, "do_sample"),
     (dict(streamer=3), TypeError, "streamer"),
+    (dict(compile="yes"), TypeError, "compile"),
     (dict(input_ids=torch.zeros(2, 3)), TypeError, "input_ids"),
     (dict(input_ids=torch.zeros(3, dtype=torch.long)), ValueError, "input_ids"),
     (dict(input_ids=torch.zeros(2, 0, dtype=torch.long)), ValueError, "input_ids"),
@@ -344,3 +345,23 @@ def test_model_method_forwards_to_generate():
     model = transformer()
     prompt = torch.randint(0, 32, (1, 3))
     assert torch.equal(model.generate(prompt, 4, temperature=0), generate(model, prompt, 4, temperature=0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["xlstm", "xlstm-large"])
+def test_compiled_decoding_equals_eager(name):
+    """``compile=True``: the one-token steps through torch.compile (inductor) give the eager tokens, greedy and
+    sampled; a weight changed afterwards reaches the compiled steps (parameters are graph inputs)."""
+    from xlstm_torch.generation import compiled_step
+
+    model = MODELS[name]()
+    prompt = torch.randint(0, 32, (2, 7))
+    torch._dynamo.reset()
+    for options in (dict(temperature=0), dict(seed=3, top_k=8)):
+        assert torch.equal(generate(model, prompt, 10, compile=True, **options), generate(model, prompt, 10, **options))
+    assert compiled_step(model) is compiled_step(model)  # made once per model
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(-1) if hasattr(model, "get_output_embeddings") else \
+            next(model.parameters()).mul_(-1)
+    assert torch.equal(generate(model, prompt, 10, compile=True, temperature=0),
+                       generate(model, prompt, 10, temperature=0))

@@ -30,7 +30,7 @@ def run(args) -> int:
                              f"{vocab_size}: the tokenizer does not fit this checkpoint")
         steps = stream_generate(model, torch.tensor([prompt_ids]), args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                seed=args.seed, eos_token_id=args.eos_token_id)
+                                seed=args.seed, eos_token_id=args.eos_token_id, compile=args.compile)
     except (FileNotFoundError, ValueError, TypeError, ImportError) as err:
         print(f"xlstm generate: error: {err}", file=sys.stderr)
         return 2
@@ -66,4 +66,7 @@ def register(sub) -> None:
     p.add_argument("--eos-token-id", type=int, default=None, help="stop when this token is produced")
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="cast the weights (default: as stored)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode through torch.compile: the first token waits for the compiler (tens of seconds "
+                        "on a CPU), every later one is faster")
     p.set_defaults(func=run)

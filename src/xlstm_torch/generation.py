@@ -28,6 +28,7 @@ batch at once, so a seed fixes the result whatever the prefill.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -71,6 +72,7 @@ def stream_generate(
     seed: int | None = None,
     attention_mask: torch.Tensor | None = None,
     streamer: Callable[[torch.Tensor], Any] | Any | None = None,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Decode step by step: an iterator over the (B,) int64 new tokens of each step.
 
@@ -84,6 +86,10 @@ def stream_generate(
     explicit ``generator``) makes sampling reproducible. ``streamer`` is called with the (B,) new
     tokens of every step, or, if it has ``put``/``end`` methods, ``put`` per step and ``end`` at the end.
     The arguments are checked when this is called, not at the first ``next``.
+
+    ``compile=True`` runs the one-token steps through ``torch.compile`` (inductor; the prompts still run
+    eagerly, their lengths vary): the first step compiles (tens of seconds on a CPU), later calls on the same
+    model reuse it. It pays where a step is many small ops (a CPU at batch 1: benchmarks/bench_decode.py).
     """
     _check_int("max_new_tokens", max_new_tokens, minimum=0)
     prompts = _as_prompts(input_ids, attention_mask, device=None)
@@ -104,6 +110,8 @@ def stream_generate(
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if seed is not None:
         _check_int("seed", seed, minimum=0)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
     if streamer is not None and not (callable(streamer) or hasattr(streamer, "put")):
         raise TypeError(f"streamer must be callable or have a put method, got {type(streamer).__name__}")
 
@@ -111,7 +119,8 @@ def stream_generate(
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     steps = _decode(model, [p.to(device) for p in prompts], max_new_tokens, greedy=greedy, temperature=float(temperature), top_k=top_k, top_p=top_p,
-                    eos_ids=eos_ids, pad_token_id=pad_token_id, generator=generator, streamer=streamer)
+                    eos_ids=eos_ids, pad_token_id=pad_token_id, generator=generator, streamer=streamer,
+                    one_token=compiled_step(model) if compile else model)
     return steps
 
 
@@ -144,8 +153,19 @@ class _Group:
         self.rows, self.state = rows, state
 
 
+_COMPILED_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_step(model):
+    """``torch.compile(model)`` for one-token decoding calls, made once per model and kept with it. The
+    parameters are inputs of the compiled graph (not constants), so training or loading weights later is seen."""
+    if model not in _COMPILED_STEPS:
+        _COMPILED_STEPS[model] = torch.compile(model)
+    return _COMPILED_STEPS[model]
+
+
 def _decode(model, prompts: list[torch.Tensor], max_new_tokens, *, greedy, temperature, top_k, top_p, eos_ids,
-            pad_token_id, generator, streamer) -> Iterator[torch.Tensor]:
+            pad_token_id, generator, streamer, one_token) -> Iterator[torch.Tensor]:
     B, device = len(prompts), prompts[0].device
     if max_new_tokens == 0:
         return
@@ -168,7 +188,7 @@ def _decode(model, prompts: list[torch.Tensor], max_new_tokens, *, greedy, tempe
                 break
             for group in groups:
                 with torch.no_grad():
-                    logits, group.state = model(tokens[group.rows, None], state=group.state)  # (G, 1, V)
+                    logits, group.state = one_token(tokens[group.rows, None], state=group.state)  # (G, 1, V)
                 next_logits[group.rows] = logits[:, -1].float()
     finally:
         if streamer is not None and hasattr(streamer, "end"):

@@ -55,7 +55,7 @@ class WeightCache:
         self._value = None
 
     def get(self, params, build):
-        if any(p.is_inference() for p in params):
+        if torch.compiler.is_compiling() or any(p.is_inference() for p in params):
             with torch.no_grad():
                 return build()
         key = tuple((p, p.data_ptr(), p._version) for p in params)

@@ -425,7 +425,10 @@ def slstm_step(wx: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor], sta
     R4, b4 = weights
     B, NH, _, DH = wx.shape
     h, c, n, m = state if state is not None else empty_slstm_state(B, NH, DH, dtype=wx.dtype, device=wx.device)
-    raw = torch.add(wx.permute(2, 1, 0, 3), b4, out=wx.new_empty(4, NH, B, DH))  # wx + b, gates (i, f, z, o)
+    if torch.compiler.is_compiling():  # traced, an out= tensor does not keep its layout: the next view would fail
+        raw = (wx.permute(2, 1, 0, 3) + b4).contiguous()
+    else:  # one op: the sum lands in the (4, NH, B, DH) layout that the batched product reads
+        raw = torch.add(wx.permute(2, 1, 0, 3), b4, out=wx.new_empty(4, NH, B, DH))  # wx + b, gates (i, f, z, o)
     h4 = h.transpose(0, 1).expand(4, NH, B, DH).reshape(4 * NH, B, DH)  # h_{t-1} once per gate
     i_raw, f_raw, z_raw, o_raw = torch.baddbmm(raw.view(4 * NH, B, DH), h4, R4).view(4, NH, B, DH)
     a = F.logsigmoid(f_raw) + m.transpose(0, 1)  # (NH, B, DH)
