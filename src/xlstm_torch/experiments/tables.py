@@ -237,6 +237,9 @@ def _mqar_table(results, out: Path, stem: str) -> str:
                     if pts:
                         ax.plot(*zip(*pts), marker="o", label=f"{m} ({L},{kv})")
             ax.set(xlabel="model width", ylabel="accuracy", xscale="log", title="MQAR")
+            widths = sorted({s[2] for s in settings})
+            ax.set_xticks(widths, [str(w) for w in widths])  # the widths run, not powers of ten
+            ax.minorticks_off()
         else:  # one width: validation accuracy during training, one line per run
             for j, ((L, kv, w, m), rs) in enumerate(sorted(groups.items())):
                 for k, r in enumerate(rs):
