@@ -57,6 +57,7 @@ class Runner:
     state_bytes: Callable[[Any], int]
     copy_state: Callable[[Any], Any]
     model: Any = None  # the module behind the calls, where there is one
+    make_step: Callable[[Any], Callable] | None = None  # the step function over another callable (a compiled model)
 
 
 def tensor_bytes(obj) -> int:
@@ -102,26 +103,23 @@ def library_runner(name: str, model) -> Runner:
         logits, state = model(ids)
         return logits[:, -1], state
 
-    def step(token, state):
-        logits, state = model(token, state)
-        return logits[:, -1], state
+    def make_step(call):
+        def step(token, state):
+            logits, state = call(token, state)
+            return logits[:, -1], state
+        return step
 
-    return Runner(name, prefill, step, tensor_bytes, clone_tree, model)
+    return Runner(name, prefill, make_step(model), tensor_bytes, clone_tree, model, make_step)
 
 
 def compiled(runner: Runner) -> Runner:
-    """``runner`` with its one-token steps through ``torch.compile`` (what ``generate(..., compile=True)``
+    """``runner`` with its one-token steps through ``torch.compile`` (for ours what ``generate(..., compile=True)``
     runs); the prompt stays eager."""
     from xlstm_torch.generation import compiled_step
 
-    step_model = compiled_step(runner.model)
-
-    def step(token, state):
-        logits, state = step_model(token, state)
-        return logits[:, -1], state
-
+    step = runner.make_step(compiled_step(runner.model))
     return Runner(f"{runner.name} (torch.compile)", runner.prefill, step, runner.state_bytes, runner.copy_state,
-                  runner.model)
+                  runner.model, runner.make_step)
 
 
 def our_xlstm(device, dtype) -> Runner | str:
@@ -177,9 +175,11 @@ def hf_xlstm(device, dtype) -> Runner | str:
         out = model(ids, use_cache=True)
         return out.logits[:, -1], out.cache
 
-    def step(token, cache):
-        out = model(token, cache=cache, use_cache=True)  # the cache is updated in place
-        return out.logits[:, -1], out.cache
+    def make_step(call):
+        def step(token, cache):
+            out = call(token, cache=cache, use_cache=True)  # the cache is updated in place
+            return out.logits[:, -1], out.cache
+        return step
 
     def copy_cache(cache):
         import copy
@@ -189,7 +189,8 @@ def hf_xlstm(device, dtype) -> Runner | str:
         fresh.seqlen_offset = cache.seqlen_offset.clone()
         return fresh
 
-    return Runner(f"hf-xlstm ({backend})", prefill, step, lambda c: tensor_bytes(c.rnn_state), copy_cache)
+    return Runner(f"hf-xlstm ({backend})", prefill, make_step(model), lambda c: tensor_bytes(c.rnn_state), copy_cache,
+                  model, make_step)
 
 
 BUILDERS = {"xlstm": our_xlstm, "xlstm-large": our_xlstm_large, "transformer": our_transformer, "hf-xlstm": hf_xlstm}
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--models", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
     parser.add_argument("--compile", action="store_true",
-                        help="also our xLSTM models with their one-token steps through torch.compile "
+                        help="also every model with its one-token steps through torch.compile "
                              "(xlstm_torch.generation.compiled_step), as rows of their own")
     parser.add_argument("--hf-builtin", action="store_true",
                         help="hf-xlstm on transformers' built-in PyTorch layers, also where the xlstm package is installed")
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(runner, str):
             notes.append(f"- {name}: {runner}")
             continue
-        runners = [runner] + ([compiled(runner)] if args.compile and name in ("xlstm", "xlstm-large") else [])
+        runners = [runner] + ([compiled(runner)] if args.compile and runner.make_step is not None else [])
         for runner in runners:
             warm_up(runner, device)  # the compiled runner compiles here
             for context in args.contexts:
