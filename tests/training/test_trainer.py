@@ -162,7 +162,15 @@ def test_a_compiled_run_trains_like_the_eager_one(corpus, tmp_path, monkeypatch)
         return real_batch_logits(model, batch, reset_at_documents, device, packed_model)
 
     monkeypatch.setattr(trainer_module, "batch_logits", recording)
-    extra = dict(packing="reset", seq_len=64, batch_size=8, max_steps=6, eval_every=3, save_every=3)
+    extra = dict(packing="reset", seq_len=64, batch_size=8)
+    # The split into training and validation hashes the source paths, which hold tmp_path: find the first steps
+    # of this corpus with and without a document start inside a row, and train just past both.
+    config = load_recipe(preset="debug", overrides=fast_overrides(corpus, tmp_path / "cache", **extra))
+    probe = Trainer(config, tmp_path / "probe", stream=io.StringIO())
+    packed = [bool(probe.train_batches.batch(s).doc_starts[:, 1:].any()) for s in range(200)]
+    probe.close()
+    steps = max(packed.index(True), packed.index(False)) + 1
+    extra.update(max_steps=steps, eval_every=steps, save_every=steps)
     _train(corpus, tmp_path, out="eager", **extra)
     assert packed_calls  # both kinds of batch ran
     packed_calls.clear()
