@@ -360,8 +360,23 @@ def test_compiled_decoding_equals_eager(name):
     for options in (dict(temperature=0), dict(seed=3, top_k=8)):
         assert torch.equal(generate(model, prompt, 10, compile=True, **options), generate(model, prompt, 10, **options))
     assert compiled_step(model) is compiled_step(model)  # made once per model
+    assert not any("_compiled_decode_step" in k for k in model.state_dict())  # not a submodule
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(-1) if hasattr(model, "get_output_embeddings") else \
             next(model.parameters()).mul_(-1)
     assert torch.equal(generate(model, prompt, 10, compile=True, temperature=0),
                        generate(model, prompt, 10, temperature=0))
+
+
+def test_a_compiled_step_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    from xlstm_torch.generation import compiled_step
+
+    model = rnn()
+    alive = weakref.ref(model)
+    compiled_step(model)  # wraps only: nothing compiles before the first call
+    del model
+    gc.collect()
+    assert alive() is None

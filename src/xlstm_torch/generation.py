@@ -28,7 +28,6 @@ batch at once, so a seed fixes the result whatever the prefill.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -153,15 +152,16 @@ class _Group:
         self.rows, self.state = rows, state
 
 
-_COMPILED_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def compiled_step(model):
-    """``torch.compile(model)`` for one-token decoding calls, made once per model and kept with it. The
-    parameters are inputs of the compiled graph (not constants), so training or loading weights later is seen."""
-    if model not in _COMPILED_STEPS:
-        _COMPILED_STEPS[model] = torch.compile(model)
-    return _COMPILED_STEPS[model]
+    """``torch.compile(model)`` for one-token decoding calls, made once per model and kept in the model's
+    ``__dict__`` (not as a submodule: no state_dict entries; the reference cycle goes with the model). A copy of
+    the model gets its own. The parameters are inputs of the compiled graph (not constants), so training or
+    loading weights later is seen."""
+    compiled = model.__dict__.get("_compiled_decode_step")
+    if compiled is None or compiled._orig_mod is not model:
+        compiled = torch.compile(model)
+        object.__setattr__(model, "_compiled_decode_step", compiled)
+    return compiled
 
 
 def _decode(model, prompts: list[torch.Tensor], max_new_tokens, *, greedy, temperature, top_k, top_p, eos_ids,

@@ -373,8 +373,9 @@ def batch_logits(model, batch, reset_at_documents: bool, device=None, packed_mod
     input_ids = batch.input_ids.to(device, non_blocking=True)
     B, S = input_ids.shape
     if reset_at_documents and bool(batch.doc_starts[:, 1:].any()):
-        logits, _ = (packed_model or model)(input_ids.reshape(1, B * S), cu_seqlens=batch.cu_seqlens().to(device),
-                                            return_state=False)
+        packed_model = model if packed_model is None else packed_model
+        logits, _ = packed_model(input_ids.reshape(1, B * S), cu_seqlens=batch.cu_seqlens().to(device),
+                                 return_state=False)
         return logits.reshape(B, S, -1)
     logits, _ = model(input_ids, return_state=False)
     return logits

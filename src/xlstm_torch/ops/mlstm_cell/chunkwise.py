@@ -214,9 +214,10 @@ class ChunkwiseMLSTM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh, dC_last, dm_last):
-        qc, vc, S = ctx.saved_tensors[0], ctx.saved_tensors[2], ctx.S
+        saved, S = ctx.saved_tensors, ctx.S
+        qc, vc = saved[0], saved[2]
         dq, dk, dv, di, df, dC0, dm0 = torch.ops.xlstm_torch.mlstm_chunkwise_backward(
-            *ctx.saved_tensors, dh, dC_last, dm_last, S, ctx.eps, ctx.bounds)
+            *saved, dh, dC_last, dm_last, S, ctx.eps, ctx.bounds)
         (BH, nc, L, DK), DV = qc.shape, vc.shape[-1] - 1
         B, NH = di.shape[:2]
         layout = _Layout(S, L, ctx.bounds, qc.device)
@@ -271,12 +272,11 @@ def _chunkwise_backward(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, i:
     chunked axis, the others shaped like their inputs. Recomputes the chunk states with one scan (module
     docstring)."""
     B, NH = i.shape[:2]
-    BH, _, L, DK = qc.shape
+    BH, nc, L, DK = qc.shape
     DV, dtype = vc.shape[-1] - 1, qc.dtype
     fw = _Forward(qc, kc, vc, i, f, C0, m0, _Layout(S, L, cu_seqlens, qc.device))
     layout, st, fac, kw, C_in, C_last, f64 = fw.layout, fw.st, fw.fac, fw.kw, fw.C_in, fw.C_last, fw.f64
     del fw  # from here on each (BH nc, L, ·) temporary is dropped once used: it sets the step's peak memory
-    L, nc = layout.L, layout.nc
 
     # h_j = num_j / Q_j with Q_j = max(|den_j|, exp(-m_j)) + eps; num_j, den_j ∝ exp(ℓ_j).
     dh = torch.zeros_like(h_pad) if dh is None else layout.pad(dh.reshape(BH, S, DV)).reshape_as(h_pad)
@@ -350,7 +350,6 @@ def _chunkwise_backward(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, i:
         df += gf
         dm0 = dm0 + gm0
 
-
     return [dq, dk, dv, di.reshape(B, NH, S).to(dtype).contiguous(), df.reshape(B, NH, S).to(dtype).contiguous(),
             dC0.contiguous(), dm0.to(dtype).contiguous()]
 
@@ -404,19 +403,18 @@ def _stabiliser_grads(i, f, m0, layout: _Layout, dm_step, dm_final):
     return gi.reshape(-1, layout.S), gf.reshape(-1, layout.S), gm0
 
 
+@contextlib.contextmanager
 def _differentiable():
     """``torch.enable_grad()`` that also works inside a custom op: the dispatcher runs an op's body below
     the autograd keys (they sit in the thread's exclude set there), where tensors record no graph even
     with grad mode on. The backward differentiates two small float64 pieces (the stabilisers, the few
     unfactorised chunks) with autograd, so it lifts that exclusion for them."""
-    include, exclude = torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set()
+    exclude = torch._C._dispatch_tls_local_exclude_set()
     for key in (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
                 torch._C.DispatchKey.AutogradNestedTensor):
         exclude = exclude.remove(key)
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch._C._ForceDispatchKeyGuard(include, exclude))
-    stack.enter_context(torch.enable_grad())
-    return stack
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        yield
 
 
 def _exp(x64, dtype):
