@@ -74,8 +74,19 @@ def mlstm_output_gate(h: torch.Tensor, weight: torch.Tensor, x_conv: torch.Tenso
 
 def _conv_window(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Depthwise conv over a window: (B, K-1+S, D) inputs, weight (D, K) -> (B, S, D), one output per full
-    window of K (a strided view of conv1d's (B, D, S) output)."""
-    y = F.conv1d(window.transpose(1, 2), weight[:, None, :], bias, groups=weight.shape[0])  # (B, D, S)
+    window of K.
+
+    On a CPU the window is handed to a 2-d convolution as a (B, D, 1, K-1+S) channels-last view of its own
+    memory, and the output comes back channels-last, i.e. already in the (B, S, D) order: no copy either
+    way. The 1-d call on the transposed window (channels-first) copies the input in, runs a slower kernel
+    and leaves a (B, D, S) output that the layers copy back: at B 8, S 512, D 512, K 4 about 19 ms against
+    0.5 ms here (2 threads). Elsewhere (unmeasured on GPUs) the 1-d call stays.
+    """
+    D = weight.shape[0]
+    if window.device.type == "cpu":
+        y = F.conv2d(window.transpose(1, 2)[:, :, None, :], weight[:, None, None, :], bias, groups=D)  # (B, D, 1, S)
+        return y[:, :, 0, :].transpose(1, 2)  # (B, S, D), contiguous when the window's rows are
+    y = F.conv1d(window.transpose(1, 2), weight[:, None, :], bias, groups=D)  # (B, D, S)
     return y.transpose(1, 2)
 
 
