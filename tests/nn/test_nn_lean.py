@@ -118,6 +118,34 @@ def test_conv_backward_matches_conv1d(dtype, tol, K):
     assert torch.autograd.gradcheck(CausalConvFunction.apply, (window64, w.detach().double().requires_grad_(), None))
 
 
+@pytest.mark.parametrize("pad", [0, 3])
+def test_conv_channels_last_and_channels_first_paths_agree(monkeypatch, pad):
+    """``_conv_window``'s CPU form (channels-last 2-d convolution) against its 1-d form (taken on other devices,
+    forced here): output and the gradients of the window, weight and bias, float64, through the lean backward
+    and through autograd."""
+    g = torch.Generator().manual_seed(8)
+    window = torch.randn(3, 3 + 11, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        y_plain = _conv_window(window, w, b, pad)
+        cot = torch.randn(y_plain.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        grads = torch.autograd.grad(y_plain, [window, w, b], cot)
+        if pad == 0:  # the lean function's own backward (d_window as a padded convolution on a CPU)
+            grads += torch.autograd.grad(CausalConvFunction.apply(window, w, b), [window, w, b], cot)
+        return y_plain, grads
+
+    y_last, grads_last = run()
+    monkeypatch.setattr(lean, "_channels_last_conv", lambda x: False)
+    y_first, grads_first = run()
+    assert y_last.shape == (3, 11 + 2 * pad, 5) and y_last.is_contiguous()
+    assert_close(y_last, y_first, 1e-12, "y")
+    assert len(grads_last) == len(grads_first) == (6 if pad == 0 else 3)
+    for n, a, c in zip(["window", "weight", "bias"] * 2, grads_last, grads_first):
+        assert_close(a, c, 1e-12, f"d{n}")
+
+
 def test_conv_backward_bfloat16_within_its_precision():
     """bfloat16: the shift-and-add backward against the float64 gradient, as close as conv1d's own."""
     g = torch.Generator().manual_seed(6)
