@@ -100,6 +100,22 @@ def test_headwise_linear_grouped_equals_reference(shape, dtype, tol):
         assert_close(a, b, tol, f"d{name}")
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("shape", HEADWISE_SHAPES)
+def test_headwise_linear_without_autograd_equals_reference(shape, dtype, tol):
+    """Inference (nothing recorded: the product into strided views of y) against the per-block definition, on an
+    input that is a column slice of a wider tensor (as x_in is of proj_up's output), in forward and step."""
+    in_features, out_features, num_heads = HEADWISE_SHAPES[shape]
+    torch.manual_seed(0)
+    layer = HeadwiseLinear(in_features, out_features, num_heads, bias=True).to(dtype)
+    x = torch.randn(3, 7, 2 * in_features, dtype=dtype)[..., in_features:]  # rows 2·in apart
+    want = headwise_linear_reference(x, layer.weight, layer.bias)
+    with torch.no_grad():
+        got, rows = layer(x), layer.step(x.reshape(21, in_features))
+    assert_close(got, want, tol, "forward")
+    assert_close(rows, want.reshape(21, out_features), tol, "step")
+
+
 def test_headwise_linear_groups():
     assert HeadwiseLinear(512, 512, 128).heads_per_group == 8  # 4 x 4 blocks merged into 32 x 32 groups
     assert HeadwiseLinear(256, 256, 4).heads_per_group == 1  # 64 x 64 blocks stay as they are
