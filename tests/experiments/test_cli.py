@@ -45,16 +45,18 @@ def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
     finished cell with other settings is run again rather than counted as done."""
     args = ["experiment", "table", "mqar", "--steps", "1", "--seeds", "1", "--jobs", "1", "--settings", "1",
             "--widths", "16", "--batch-size", "2", "--models", "lstm", "--vocab-size", "64", "--out", str(tmp_path)]
-    result = tmp_path / "runs" / "mqar" / "L64_kv4_V64" / "d16" / "lstm" / "seed0" / "results.json"
+    cell = tmp_path / "runs" / "mqar" / "L64_kv4_V64" / "d16" / "lstm"
     assert main(args + ["--lr", "2e-3"]) == 0
-    r = json.loads(result.read_text())
+    r = json.loads((cell / "lr0.002" / "seed0" / "results.json").read_text())  # a rate not the default: its folder
     assert r["vocab_size"] == 64 and r["optim"]["lr"] == 2e-3 and r["steps"] == 1
     text = (tmp_path / "mqar_V64.md").read_text()  # not mqar.md, the table of Zoology's vocabulary
     assert "vocabulary 64" in text and "| (64, 4) | 16 | lstm | " in text  # the by-query-rank table
     assert (tmp_path / "mqar_V64.png").exists() == (_has_matplotlib())
     assert not (tmp_path / "mqar.md").exists()
     assert main(args + ["--lr", "5e-4"]) == 0
+    result = cell / "lr0.0005" / "seed0" / "results.json"
     assert json.loads(result.read_text())["optim"]["lr"] == 5e-4
+    assert json.loads((cell / "lr0.002" / "seed0" / "results.json").read_text())["optim"]["lr"] == 2e-3  # kept
     assert json.loads(result.read_text())["num_heads"] == 1  # the table's default, Zoology's one head
     assert main(args + ["--lr", "5e-4", "--heads", "2"]) == 0  # another head count is another run
     r = json.loads(result.read_text())
@@ -63,6 +65,43 @@ def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
     assert main(args + ["--lr", "5e-4", "--heads", "2", "--budget-minutes", "0", "--table-name", "widths"]) == 0
     assert (tmp_path / "widths.md").read_text() == before  # the same cells, under the name asked for
     assert (tmp_path / "mqar_V64.md").read_text() == before
+
+
+def test_mqar_table_keeps_the_learning_rate_with_the_best_validation_accuracy(tmp_path):
+    """``--lr A B``: every cell at each rate, in folders of their own (the default rate's runs keep theirs); the table
+    keeps per model the rate whose mean validation accuracy is best, chosen without the test accuracy, and lists the
+    sweep."""
+    from dataclasses import asdict
+
+    from xlstm_torch.experiments.runner import OptimSettings
+    from xlstm_torch.experiments.tables import run_table
+
+    cell = tmp_path / "runs" / "mqar" / "L64_kv4_V64" / "d16"
+    # lstm: lr 1e-3 (the default's folder) validates better but tests worse than 3e-3; it is kept all the same.
+    # transformer: 3e-3 validates better.
+    runs = {("lstm", 1e-3): (0.9, 0.5), ("lstm", 3e-3): (0.8, 0.7),
+            ("transformer", 1e-3): (0.5, 0.5), ("transformer", 3e-3): (1.0, 0.99)}
+    for (model, lr), (val, test) in runs.items():
+        for seed in (0, 1):
+            d = cell / model / ("" if lr == 1e-3 else "lr0.003") / f"seed{seed}"
+            d.mkdir(parents=True)
+            d.joinpath("results.json").write_text(json.dumps({
+                "task": "mqar", "model": model, "seed": seed, "seq_len": 64, "num_pairs": 4, "width": 16,
+                "parameters": 10, "vocab_size": 64, "steps": 5, "batch_size": 2, "num_heads": 1,
+                "slstm_num_heads": 1, "accuracy": test, "best_val_accuracy": val, "steps_run": 5,
+                "optim": asdict(OptimSettings(lr=lr)), "history": [{"step": 5, "val_accuracy": val}]}))
+
+    class Args:
+        out, budget_minutes, jobs, seeds, steps, settings, widths = str(tmp_path), 0.0, 1, 2, 5, 1, [16]
+        models, vocab_size, heads, batch_size, lr = ["lstm", "transformer"], 64, 1, 2, [1e-3, 3e-3]
+
+    text = run_table("mqar", Args, log=lambda s: None).read_text()
+    assert "| (64, 4) | 16 | 0.50 ± 0.00 (n=2) | 0.99 ± 0.00 (n=2) |" in text and "Missing" not in text
+    assert "| (64, 4) | 16 | lstm | 0.001: val 0.90, test 0.50 ± 0.00 (n=2) **kept**; 0.003: val 0.80" in text
+    assert "| (64, 4) | 16 | transformer | 0.001: val 0.50, test 0.50 ± 0.00 (n=2); 0.003: val 1.00" in text
+    Args.models, Args.table_name = ["mamba"], "none"  # nothing run and no budget: a table that says so
+    text = run_table("mqar", Args, log=lambda s: None).read_text()
+    assert text.startswith("No finished cells.") and "L64_kv4_V64/d16/mamba/lr0.003/seed1" in text
 
 
 def _has_matplotlib() -> bool:

@@ -81,7 +81,10 @@ def register(subparsers) -> None:
                    help="file name (no suffix) of the table and plot (default: the sweep's, e.g. mqar_V256)")
     p.add_argument("--batch-size", type=int, default=None, help="mqar: batch size (default 64)")
     p.add_argument("--vocab-size", type=int, default=MQAR_VOCAB, help="mqar: vocabulary (default %(default)s, Zoology's)")
-    p.add_argument("--lr", type=float, default=MQAR_LR, help="mqar: peak learning rate (default %(default)s)")
+    p.add_argument("--lr", type=float, nargs="+", default=[MQAR_LR],
+                   help="mqar: peak learning rate(s) (default %(default)s); with several, every cell runs at each and "
+                        "the table keeps, per model and setting, the rate with the best validation accuracy (Zoology's "
+                        "sweep)")
     p.add_argument("--heads", type=int, default=MQAR_HEADS,
                    help="mqar: heads of every mLSTM, sLSTM and attention layer (default %(default)s)")
     p.add_argument("--curriculum", type=float, default=FORMAL_CURRICULUM,

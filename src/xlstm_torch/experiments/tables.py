@@ -64,20 +64,57 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
         vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
         tag = _vocab_tag(args)
         heads = getattr(args, "heads", None) or MQAR_HEADS
+        lrs = getattr(args, "lr", None) or [MQAR_LR]
+        lrs = [lrs] if isinstance(lrs, float) else list(lrs)
         for seq_len, pairs in settings:
             for width in args.widths:
                 for model in args.models or MQAR_MODELS:
-                    for seed in seeds:
-                        kw = dict(model_name=model, seq_len=seq_len, num_pairs=pairs, width=width, seed=seed,
-                                  steps=args.steps or 1500, batch_size=getattr(args, "batch_size", None) or 64,
-                                  vocab_size=vocab, num_heads=heads, slstm_num_heads=heads,
-                                  settings=OptimSettings(lr=getattr(args, "lr", None) or MQAR_LR))
-                        cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}{tag}/d{width}/{model}/seed{seed}"))
+                    for lr in lrs:
+                        for seed in seeds:
+                            kw = dict(model_name=model, seq_len=seq_len, num_pairs=pairs, width=width, seed=seed,
+                                      steps=args.steps or 1500, batch_size=getattr(args, "batch_size", None) or 64,
+                                      vocab_size=vocab, num_heads=heads, slstm_num_heads=heads,
+                                      settings=OptimSettings(lr=lr))
+                            cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}{tag}/d{width}/{model}{_lr_tag(lr)}/seed{seed}"))
     else:
         for model in args.models or LM_MODELS:
             for seed in seeds:
                 cells.append(("lm", dict(model_name=model, seed=seed, steps=args.steps or 300), f"{model}/seed{seed}"))
     return cells
+
+
+def _lr_tag(lr: float) -> str:
+    """The folder level of an MQAR run at a learning rate other than the default ("/lr0.003"): runs at several
+    rates (``--lr A B``) live side by side, and the default's runs keep their folders."""
+    from .runner import MQAR_LR
+
+    return "" if lr == MQAR_LR else f"/lr{lr:g}"
+
+
+def _run_lr(result: dict) -> float:
+    from .runner import MQAR_LR
+
+    return result.get("optim", {}).get("lr", MQAR_LR)
+
+
+def _best_lr(results: list[dict]) -> tuple[list[dict], list[str]]:
+    """Zoology's sweep: per (setting, width, model), keep the runs of the learning rate with the best mean
+    validation accuracy (the test accuracy plays no part in the choice; ties go to the smaller rate).
+    Returns the kept runs and, for cells run at several rates, one table row each."""
+    kept, rows = [], []
+    for (L, kv, w, m), rs in sorted(_group(results, "seq_len", "num_pairs", "width", "model").items()):
+        by_lr: dict = {}
+        for r in rs:
+            by_lr.setdefault(_run_lr(r), []).append(r)
+        score = {lr: statistics.fmean(r.get("best_val_accuracy", r["accuracy"]) for r in runs)
+                 for lr, runs in by_lr.items()}
+        best = max(sorted(by_lr), key=lambda lr: score[lr])
+        kept += by_lr[best]
+        if len(by_lr) > 1:
+            cells = [f"{lr:g}: val {score[lr]:.2f}, test " + _mean_spread([r["accuracy"] for r in by_lr[lr]])
+                     + (" **kept**" if lr == best else "") for lr in sorted(by_lr)]
+            rows.append(f"| ({L}, {kv}) | {w} | {m} | " + "; ".join(cells) + " |")
+    return kept, rows
 
 
 def _vocab_tag(args) -> str:
@@ -118,7 +155,7 @@ def run_table(name: str, args, log=print) -> Path:
     results = [json.loads((runs / c[2] / "results.json").read_text()) for c in cells if _done(runs / c[2], c[1])]
     missing = [c[2] for c in cells if not _done(runs / c[2], c[1])]
     stem = getattr(args, "table_name", None) or name + (_vocab_tag(args) if name == "mqar" else "")
-    text = _WRITERS[name](results, out, stem)
+    text = _WRITERS[name](results, out, stem) if results else "No finished cells.\n"
     if missing:
         text += f"\nMissing cells (budget reached or failed): {', '.join(missing)}\n"
     path = out / f"{stem}.md"
@@ -204,6 +241,7 @@ def _formal_table(results, out: Path, stem: str) -> str:
 
 
 def _mqar_table(results, out: Path, stem: str) -> str:
+    results, sweep_rows = _best_lr(results)
     groups = _group(results, "seq_len", "num_pairs", "width", "model")
     models = list(dict.fromkeys(r["model"] for r in results))
     settings = sorted({(r["seq_len"], r["num_pairs"], r["width"]) for r in results})
@@ -252,7 +290,10 @@ def _mqar_table(results, out: Path, stem: str) -> str:
     return (f"MQAR accuracy at the answer positions (vocabulary {', '.join(map(str, vocabs))}"
             + (f"; heads per layer {', '.join(map(str, heads))}" if heads else "") + "), mean ± half-range over seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
             + "\n\nSteps run (early stop at validation accuracy 1.0): "
-            + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n" + "\n".join(rank_lines) + "\n")
+            + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n" + "\n".join(rank_lines) + "\n"
+            + ("\nLearning rates (cells run at several: the rate with the best mean validation accuracy is kept "
+               "above; test accuracy mean ± half-range over seeds):\n\n| (seq len, kv pairs) | width | model | "
+               "peak lr: accuracy |\n|---|---|---|---|\n" + "\n".join(sweep_rows) + "\n" if sweep_rows else ""))
 
 
 def _lm_table(results, out: Path, stem: str) -> str:
