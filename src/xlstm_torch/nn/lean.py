@@ -10,7 +10,7 @@ recomputes the cheap pointwise parts. Each has its reference twin, the plain com
 (``MultiHeadNorm`` then the output gate; ``CausalConv1d.forward`` then SiLU; the head-wise q/k/v projections'
 function lives beside its twin as ``linear.HeadwiseLinearFunction``), and tests/nn/test_nn_lean.py holds them
 against it for outputs and every gradient. ``CausalConvFunction`` is the
-conv alone with a faster backward (shifted multiply-adds), used by the plain path too.
+conv alone with a faster backward than autograd's (``_conv_window_backward``), used by the plain path too.
 
 The layers take these paths only when autograd records (``needs_grad``); inference runs the plain ops."""
 
@@ -147,15 +147,16 @@ class CausalConvSiLUFunction(torch.autograd.Function):
 
     x: (B, S, D); state: (B, K-1, D); weight: (D, K); bias: (D,) or None -> y (B, S, D). Saves x, state and
     the weights only: the plain composition keeps the window (a copy of x behind the state) for the
-    convolution and the convolution's output for the SiLU; the backward rebuilds both (a copy and K
-    multiply-adds per element).
+    convolution and the convolution's output for the SiLU; the backward rebuilds both (a copy and a
+    convolution).
     """
 
     @staticmethod
     def forward(ctx, x, state, weight, bias):
         ctx.save_for_backward(x, state, weight, bias)
-        # conv1d's output is (B, D, S) in memory; one blocked copy puts it in x's (B, S, D) order, so that
-        # the SiLU, the q/k projections and the output gate downstream read contiguous rows.
+        # On a CPU the conv's output is already in x's (B, S, D) order (``_conv_window``) and contiguous() is
+        # free; elsewhere conv1d leaves it (B, D, S) in memory and one blocked copy reorders it, so that the
+        # SiLU, the q/k projections and the output gate downstream read contiguous rows.
         pre = _conv_window(torch.cat([state, x], dim=1), weight, bias).contiguous()  # (B, S, D)
         return F.silu(pre, inplace=True)
 
