@@ -4,6 +4,7 @@
     xlstm experiment mqar --model xlstm-1:1 --seq-len 64 --num-pairs 4 --width 64 [--vocab-size --steps --seed --out]
     xlstm experiment lm --model transformer [--steps --seed --out]
     xlstm experiment table formal|mqar|lm [--budget-minutes M --jobs 2 --seeds 2 --out experiments]
+    xlstm experiment table mqar --lr 1e-3 3e-3 ...   # a learning-rate sweep: the best rate per model and setting
 
 Each run writes ``results.json`` into ``--out``; a table writes ``<out>/<NAME>.md`` and plots.
 """
