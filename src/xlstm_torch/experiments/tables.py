@@ -102,7 +102,7 @@ def _best_lr(results: list[dict]) -> tuple[list[dict], list[str]]:
     validation accuracy (the test accuracy plays no part in the choice; ties go to the smaller rate).
     Returns the kept runs and, for cells run at several rates, one table row each."""
     kept, rows = [], []
-    for (L, kv, w, m), rs in sorted(_group(results, "seq_len", "num_pairs", "width", "model").items()):
+    for (L, kv, w, m), rs in _group(results, "seq_len", "num_pairs", "width", "model").items():  # the sweep's order
         by_lr: dict = {}
         for r in rs:
             by_lr.setdefault(_run_lr(r), []).append(r)
