@@ -99,6 +99,14 @@ def test_mqar_table_keeps_the_learning_rate_with_the_best_validation_accuracy(tm
     assert "| (64, 4) | 16 | 0.50 ± 0.00 (n=2) | 0.99 ± 0.00 (n=2) |" in text and "Missing" not in text
     assert "| (64, 4) | 16 | lstm | 0.001: val 0.90, test 0.50 ± 0.00 (n=2) **kept**; 0.003: val 0.80" in text
     assert "| (64, 4) | 16 | transformer | 0.001: val 0.50, test 0.50 ± 0.00 (n=2); 0.003: val 1.00" in text
+    from xlstm_torch.experiments.tables import _cells
+
+    Args.lr = [1e-3, 0.001, 3e-3]  # a rate given twice runs once
+    assert len(_cells("mqar", Args)) == 2 * 2 * 2
+    Args.lr = [1e-3, 0.0]
+    with pytest.raises(ValueError, match="--lr must be positive"):
+        _cells("mqar", Args)
+    Args.lr = [1e-3, 3e-3]
     Args.models, Args.table_name = ["mamba"], "none"  # nothing run and no budget: a table that says so
     text = run_table("mqar", Args, log=lambda s: None).read_text()
     assert text.startswith("No finished cells.") and "L64_kv4_V64/d16/mamba/lr0.003/seed1" in text

@@ -103,7 +103,8 @@ def test_conv_silu_matches_composition(dtype, tol, S, K, bias):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
 @pytest.mark.parametrize("K", [1, 2, 4])
 def test_conv_backward_matches_conv1d(dtype, tol, K):
-    """The shift-and-add backward against conv1d's own (autograd through ``_conv_window``)."""
+    """``CausalConvFunction``'s backward (on a CPU in float32/float64: the window's gradient as a padded convolution
+    with the taps reversed) against autograd through ``_conv_window`` (conv2d's own backward)."""
     g = torch.Generator().manual_seed(4)
     window = torch.randn(3, K - 1 + 10, 5, generator=g, dtype=dtype, requires_grad=True)
     w = torch.randn(5, K, generator=g, dtype=dtype, requires_grad=True)
@@ -203,8 +204,10 @@ def test_layer_lean_equals_plain_and_saves_less(monkeypatch, kind, fewer):
     """The layers' training path (lean functions) against the same layer with them switched off: equal
     outputs and gradients, and at least ``fewer`` (B, S, width) tensors fewer kept for the backward
     (mLSTM: einsum's head-major copies of q/k/v's inputs, the norm's output, the gate's SiLU and sum,
-    the conv's window and pre-activation; sLSTM: the conv's window and pre-activation), less the small
-    (B, K-1, width) initial conv state that the lean conv keeps in the window's place."""
+    the conv's window and pre-activation; sLSTM: the conv's window and pre-activation), less the small tensors
+    the lean functions keep instead (per-row statistics, the (B, K-1, width) conv state: under 1/8 of one tensor
+    here). Measured: 4.98 and 1.98 tensors. (Before the conv ran channels-last the plain path also kept
+    transposed copies, 3 more for the mLSTM and 1 more for the sLSTM.)"""
     torch.manual_seed(0)
     if kind == "mlstm":
         layer = MLSTMLayer(32, num_heads=2, chunk_size=8)  # Di 64, q/k/v blocks of 4 merged into groups
@@ -221,8 +224,7 @@ def test_layer_lean_equals_plain_and_saves_less(monkeypatch, kind, fewer):
     for n, a, b in zip(names, g_lean, g_plain):
         assert_close(a, b, 1e-5, f"d{n}")
     one = 2 * 24 * width * 4  # bytes of one (B, S, width) float32 tensor
-    conv_state = 2 * (layer.conv.kernel_size - 1) * width * 4  # the (B, K-1, width) zeros the lean conv keeps
-    assert saved_plain - saved_lean >= fewer * one - conv_state, (saved_plain, saved_lean)
+    assert saved_plain - saved_lean >= fewer * one - one // 8, (saved_plain, saved_lean)
 
 
 def test_needs_grad():

@@ -116,6 +116,40 @@ def test_headwise_linear_without_autograd_equals_reference(shape, dtype, tol):
     assert_close(rows, want.reshape(21, out_features), tol, "step")
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+def test_headwise_linear_under_autocast(grad):
+    """Under bfloat16 autocast the products run in bfloat16 (as autocast's bmm does) and the gradients come back
+    in the parameters' and input's own dtypes: within bfloat16's precision of the float32 layer."""
+    torch.manual_seed(0)
+    layer = HeadwiseLinear(64, 64, 16)  # 4 x 4 blocks merged into groups; no bias, as in the layers (a float32
+    # bias added outside autocast's casts would promote the output back to float32)
+    x = torch.randn(2, 5, 64, requires_grad=grad)
+    want = layer(x)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    assert got.dtype == torch.bfloat16
+    assert_close(got.float(), want, 2 ** -7, "output")
+    if grad:
+        cot = torch.randn(want.shape)
+        for name, a, b in zip(("x", "weight"), torch.autograd.grad(got, [x, layer.weight], cot),
+                              torch.autograd.grad(want, [x, layer.weight], cot)):
+            assert a.dtype == torch.float32, name
+            assert_close(a, b, 2 ** -6, f"d{name}")
+
+
+def test_headwise_linear_under_torch_func():
+    """torch.func transforms (vmap, jvp) of the inference path: the products without a strided out=."""
+    torch.manual_seed(0)
+    layer = HeadwiseLinear(24, 36, 6).double()
+    x, t = torch.randn(4, 3, 24, dtype=torch.float64), torch.randn(4, 3, 24, dtype=torch.float64)
+    ref = lambda z: headwise_linear_reference(z, layer.weight, layer.bias)  # noqa: E731
+    with torch.no_grad():
+        assert_close(torch.vmap(layer)(x), ref(x), 1e-12, "vmap")
+        out, tangent = torch.func.jvp(layer, (x,), (t,))
+        assert_close(out, ref(x), 1e-12, "jvp primal")
+        assert_close(tangent, headwise_linear_reference(t, layer.weight, None), 1e-12, "jvp tangent")
+
+
 def test_headwise_linear_groups():
     assert HeadwiseLinear(512, 512, 128).heads_per_group == 8  # 4 x 4 blocks merged into 32 x 32 groups
     assert HeadwiseLinear(256, 256, 4).heads_per_group == 1  # 64 x 64 blocks stay as they are

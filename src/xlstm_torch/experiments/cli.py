@@ -82,8 +82,8 @@ def register(subparsers) -> None:
                    help="file name (no suffix) of the table and plot (default: the sweep's, e.g. mqar_V256)")
     p.add_argument("--batch-size", type=int, default=None, help="mqar: batch size (default 64)")
     p.add_argument("--vocab-size", type=int, default=MQAR_VOCAB, help="mqar: vocabulary (default %(default)s, Zoology's)")
-    p.add_argument("--lr", type=float, nargs="+", default=[MQAR_LR],
-                   help="mqar: peak learning rate(s) (default %(default)s); with several, every cell runs at each and "
+    p.add_argument("--lr", type=float, nargs="+", action="extend", default=None,
+                   help=f"mqar: peak learning rate(s) (default {MQAR_LR}); with several, every cell runs at each and "
                         "the table keeps, per model and setting, the rate with the best validation accuracy (Zoology's "
                         "sweep)")
     p.add_argument("--heads", type=int, default=MQAR_HEADS,

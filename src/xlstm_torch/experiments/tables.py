@@ -65,7 +65,9 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
         tag = _vocab_tag(args)
         heads = getattr(args, "heads", None) or MQAR_HEADS
         lrs = getattr(args, "lr", None) or [MQAR_LR]
-        lrs = [lrs] if isinstance(lrs, float) else list(lrs)
+        lrs = list(dict.fromkeys([lrs] if isinstance(lrs, float) else lrs))  # a rate given twice runs once
+        if any(not lr > 0 for lr in lrs):
+            raise ValueError(f"--lr must be positive, got {lrs}")
         for seq_len, pairs in settings:
             for width in args.widths:
                 for model in args.models or MQAR_MODELS:
@@ -88,7 +90,7 @@ def _lr_tag(lr: float) -> str:
     rates (``--lr A B``) live side by side, and the default's runs keep their folders."""
     from .runner import MQAR_LR
 
-    return "" if lr == MQAR_LR else f"/lr{lr:g}"
+    return "" if lr == MQAR_LR else f"/lr{lr!r}"  # repr: the shortest exact form, two rates never share a folder
 
 
 def _run_lr(result: dict) -> float:
@@ -99,19 +101,22 @@ def _run_lr(result: dict) -> float:
 
 def _best_lr(results: list[dict]) -> tuple[list[dict], list[str]]:
     """Zoology's sweep: per (setting, width, model), keep the runs of the learning rate with the best mean
-    validation accuracy (the test accuracy plays no part in the choice; ties go to the smaller rate).
+    validation accuracy (the test accuracy plays no part in the choice, except for runs from before the validation
+    accuracy was recorded, marked in the sweep row; ties go to the smaller rate).
     Returns the kept runs and, for cells run at several rates, one table row each."""
     kept, rows = [], []
     for (L, kv, w, m), rs in _group(results, "seq_len", "num_pairs", "width", "model").items():  # the sweep's order
         by_lr: dict = {}
         for r in rs:
             by_lr.setdefault(_run_lr(r), []).append(r)
-        score = {lr: statistics.fmean(r.get("best_val_accuracy", r["accuracy"]) for r in runs)
-                 for lr, runs in by_lr.items()}
+        # runs from before the best validation accuracy was recorded are scored by their test accuracy, marked
+        scored = {lr: [r.get("best_val_accuracy", r["accuracy"]) for r in runs] for lr, runs in by_lr.items()}
+        score = {lr: statistics.fmean(values) for lr, values in scored.items()}
         best = max(sorted(by_lr), key=lambda lr: score[lr])
         kept += by_lr[best]
         if len(by_lr) > 1:
-            cells = [f"{lr:g}: val {score[lr]:.2f}, test " + _mean_spread([r["accuracy"] for r in by_lr[lr]])
+            cells = [f"{lr:g}: " + ("val" if all("best_val_accuracy" in r for r in by_lr[lr]) else "val/test (old runs)")
+                     + f" {score[lr]:.2f}, test " + _mean_spread([r["accuracy"] for r in by_lr[lr]])
                      + (" **kept**" if lr == best else "") for lr in sorted(by_lr)]
             rows.append(f"| ({L}, {kv}) | {w} | {m} | " + "; ".join(cells) + " |")
     return kept, rows

@@ -80,7 +80,7 @@ def _channels_last_conv(x: torch.Tensor) -> bool:
 
 def _conv_window(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int = 0) -> torch.Tensor:
     """Depthwise conv over a window: (B, K-1+S, D) inputs, weight (D, K) -> (B, S, D), one output per full
-    window of K. ``pad`` zeros on both sides of the window first (without a copy): (B, K-1+S+2 pad, D) out.
+    window of K. ``pad`` zeros on both sides of the window first (without a copy): then (B, S + 2 pad, D) out.
 
     On a CPU the window is handed to a 2-d convolution as a (B, D, 1, K-1+S) channels-last view of its own
     memory, and the output comes back channels-last, i.e. already in the (B, S, D) order: no copy either

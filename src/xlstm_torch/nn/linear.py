@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from .decode import WeightCache, decoding
 from .lean import needs_grad
@@ -35,15 +36,28 @@ def grouped_products(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``headwise_linear_reference(x, weight, None)`` as one batched product: x (..., G·I), weight (G, O, I) ->
     (..., G·O).
 
-    The product of each group runs on strided views of x and y: a group's rows are G·I (G·O) apart, which a
-    BLAS product takes as its leading dimension, so nothing is copied into or out of a head-major layout
-    (einsum's plan copies both ways). Bit-identical to the einsum at the layers' shapes (tests/nn).
+    In plain eager mode the product of each group runs on strided views of x and y: a group's rows are G·I
+    (G·O) apart, which a BLAS product takes as its leading dimension, so nothing is copied into or out of a
+    head-major layout (einsum's plan copies both ways); bit-identical to the einsum at the shapes checked.
+    Where a product into a strided ``out=`` is not allowed (``_strided_out_allowed``) the result comes from
+    ``bmm`` and one copy.
     """
     G, O, I = weight.shape
     rows = x.reshape(-1, G, I)  # (N, G, I)
+    if not _strided_out_allowed(x):
+        y = torch.bmm(rows.transpose(0, 1), weight.transpose(1, 2))  # (G, N, O)
+        return y.transpose(0, 1).reshape(*x.shape[:-1], G * O)  # (..., G·O)
     y = x.new_empty(rows.shape[0], G, O)
     torch.bmm(rows.transpose(0, 1), weight.transpose(1, 2), out=y.transpose(0, 1))  # (G, N, O) view of y
     return y.view(*x.shape[:-1], G * O)  # (..., G·O)
+
+
+def _strided_out_allowed(x: torch.Tensor) -> bool:
+    """Whether ``bmm(..., out=strided view)`` may run: not while torch.compile traces (it breaks the graph on a
+    non-contiguous ``out=``), not under autocast (which casts ``bmm``'s inputs but not an ``out=`` tensor), not on
+    torch.func-transformed tensors nor inside a forward-mode AD level (neither has ``out=`` rules)."""
+    return not (torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
+                or torch._C._functorch.is_functorch_wrapped_tensor(x) or forward_ad._current_level >= 0)
 
 
 class HeadwiseLinearFunction(torch.autograd.Function):
@@ -62,14 +76,23 @@ class HeadwiseLinearFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         G, O, I = weight.shape
-        dy = grad.reshape(-1, G, O)  # (N, G, O)
+        # Under autocast the forward ran in the autocast dtype (its bmm is cast) while x and the weight keep
+        # theirs: the gradients are formed in the wider of grad's and the weight's dtypes and returned in x's
+        # and the weight's own (a no-op without autocast).
+        dtype = torch.promote_types(grad.dtype, weight.dtype)
+        dy = grad.reshape(-1, G, O).to(dtype)  # (N, G, O)
         dx = dw = None
         if ctx.needs_input_grad[0]:
-            dx = x.new_empty(dy.shape[0], G, I)
-            torch.bmm(dy.transpose(0, 1), weight, out=dx.transpose(0, 1))  # (G, N, I) view of (N, G, I)
-            dx = dx.view(x.shape)  # (..., G·I)
+            w = weight.to(dtype)
+            if _strided_out_allowed(grad):
+                dx = grad.new_empty(dy.shape[0], G, I, dtype=dtype)
+                torch.bmm(dy.transpose(0, 1), w, out=dx.transpose(0, 1))  # (G, N, I) view of (N, G, I)
+            else:
+                dx = torch.bmm(dy.transpose(0, 1), w).transpose(0, 1)  # (N, G, I)
+            dx = dx.reshape(x.shape).to(x.dtype)  # (..., G·I)
         if ctx.needs_input_grad[1]:
-            dw = torch.bmm(dy.permute(1, 2, 0), x.reshape(-1, G, I).transpose(0, 1))  # (G, O, N) @ (G, N, I)
+            rows = x.reshape(-1, G, I).to(dtype).transpose(0, 1)  # (G, N, I)
+            dw = torch.bmm(dy.permute(1, 2, 0), rows).to(weight.dtype)  # (G, O, N) @ (G, N, I)
         return dx, dw
 
 
