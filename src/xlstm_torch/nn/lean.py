@@ -89,6 +89,8 @@ def _conv_window(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     0.5 ms here (2 threads). Elsewhere (unmeasured on GPUs) the 1-d call stays.
     """
     D = weight.shape[0]
+    if weight.dtype != window.dtype:  # autocast: float32 weights meet a lower-precision window (as conv1d casts them)
+        weight, bias = weight.to(window.dtype), None if bias is None else bias.to(window.dtype)
     if _channels_last_conv(window):
         y = F.conv2d(window.transpose(1, 2)[:, :, None, :], weight[:, None, None, :], bias, padding=(0, pad),
                      groups=D)  # (B, D, 1, S)
