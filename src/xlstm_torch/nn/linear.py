@@ -44,7 +44,7 @@ def grouped_products(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     G, O, I = weight.shape
     rows = x.reshape(-1, G, I)  # (N, G, I)
-    if not _strided_out_allowed(x):
+    if not _strided_out_allowed(x, weight):
         y = torch.bmm(rows.transpose(0, 1), weight.transpose(1, 2))  # (G, N, O)
         return y.transpose(0, 1).reshape(*x.shape[:-1], G * O)  # (..., G·O)
     y = x.new_empty(rows.shape[0], G, O)
@@ -52,11 +52,12 @@ def grouped_products(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], G * O)  # (..., G·O)
 
 
-def _strided_out_allowed(x: torch.Tensor) -> bool:
-    """Whether ``bmm(..., out=strided view)`` may run: not while torch.compile traces (it breaks the graph on a
-    non-contiguous ``out=``), not under autocast (which casts ``bmm``'s inputs but not an ``out=`` tensor), not on
-    torch.func-transformed tensors nor inside a forward-mode AD level (neither has ``out=`` rules)."""
-    return not (torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
+def _strided_out_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``bmm(..., out=strided view)`` may run: not where autograd records (``out=`` ops have no
+    derivative), not while torch.compile traces (it breaks the graph on a non-contiguous ``out=``), not under
+    autocast (which casts ``bmm``'s inputs but not an ``out=`` tensor), not on torch.func-transformed tensors nor
+    inside a forward-mode AD level (neither has ``out=`` rules)."""
+    return not (needs_grad(x, weight) or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
                 or torch._C._functorch.is_functorch_wrapped_tensor(x) or forward_ad._current_level >= 0)
 
 
@@ -82,13 +83,8 @@ class HeadwiseLinearFunction(torch.autograd.Function):
         dtype = torch.promote_types(grad.dtype, weight.dtype)
         dy = grad.reshape(-1, G, O).to(dtype)  # (N, G, O)
         dx = dw = None
-        if ctx.needs_input_grad[0]:
-            w = weight.to(dtype)
-            if _strided_out_allowed(grad):
-                dx = grad.new_empty(dy.shape[0], G, I, dtype=dtype)
-                torch.bmm(dy.transpose(0, 1), w, out=dx.transpose(0, 1))  # (G, N, I) view of (N, G, I)
-            else:
-                dx = torch.bmm(dy.transpose(0, 1), w).transpose(0, 1)  # (N, G, I)
+        if ctx.needs_input_grad[0]:  # dx[n, g] = dy[n, g] @ W_g: the forward's product with W_gᵀ in W_g's place
+            dx = grouped_products(dy.flatten(1), weight.transpose(1, 2).to(dtype))  # (N, G·I)
             dx = dx.reshape(x.shape).to(x.dtype)  # (..., G·I)
         if ctx.needs_input_grad[1]:
             rows = x.reshape(-1, G, I).to(dtype).transpose(0, 1)  # (G, N, I)
@@ -138,10 +134,8 @@ class HeadwiseLinear(nn.Module):
             grouped = self._grouped()
         if needs_grad(x, grouped):  # training: keep x for the backward, not einsum's head-major copy of it
             y = HeadwiseLinearFunction.apply(x, grouped)
-        elif torch.is_grad_enabled() and (x.requires_grad or grouped.requires_grad):
-            return headwise_linear_reference(x, grouped, self.bias)  # lean path switched off (tests): its twin
         else:
-            y = grouped_products(x, grouped)  # nothing recorded: the product into strided views of y
+            y = grouped_products(x, grouped)
         return y if self.bias is None else y + self.bias
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
