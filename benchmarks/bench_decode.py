@@ -112,12 +112,17 @@ def library_runner(name: str, model) -> Runner:
     return Runner(name, prefill, make_step(model), tensor_bytes, clone_tree, model, make_step)
 
 
-def compiled(runner: Runner) -> Runner:
-    """``runner`` with its one-token steps through ``torch.compile`` (for ours what ``generate(..., compile=True)``
-    runs); the prompt stays eager."""
-    from xlstm_torch.generation import compiled_step
+def compiled(runner: Runner, ours: bool) -> Runner:
+    """``runner`` with its one-token steps through ``torch.compile``; the prompt stays eager. For ours what
+    ``generate(..., compile=True)`` runs (``generation.CompiledSteps``: derived weights as graph inputs, guard
+    evaluation skipped inside a chain of steps), for others ``torch.compile(model)``."""
+    from xlstm_torch.generation import CompiledSteps, compiled_step
 
-    step = runner.make_step(compiled_step(runner.model))
+    if ours:
+        steps = CompiledSteps(runner.model)
+        step = runner.make_step(lambda token, state: steps(token, state=state))
+    else:
+        step = runner.make_step(compiled_step(runner.model))
     return Runner(f"{runner.name} (torch.compile)", runner.prefill, step, runner.state_bytes, runner.copy_state,
                   runner.model, runner.make_step)
 
@@ -288,6 +293,45 @@ def warm_up(runner: Runner, device) -> None:
             logits, state = runner.step(logits.argmax(-1, keepdim=True), state)
 
 
+def report_side_by_side(runners: list[Runner], args, device, notes: list[str]) -> int:
+    """Every runner decodes in turn, ``args.side_by_side`` rounds; prints median ms per token and each
+    runner's speed relative to every hf-xlstm row (HF's ms ÷ this one's)."""
+    import statistics
+
+    context = args.contexts[0]
+    ids = torch.randint(0, VOCAB, (args.batch, context), generator=torch.Generator().manual_seed(context)).to(device)
+    starts = []
+    with torch.no_grad():
+        for runner in runners:
+            warm_up(runner, device)  # a compiled runner compiles here
+            starts.append(runner.prefill(ids))
+        times: list[list[float]] = [[] for _ in runners]
+        for _ in range(args.side_by_side):
+            for j, (runner, (logits, state)) in enumerate(zip(runners, starts)):
+                run_state, token = runner.copy_state(state), logits.argmax(-1, keepdim=True)
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(args.new_tokens):
+                    step_logits, run_state = runner.step(token, run_state)
+                    token = step_logits.argmax(-1, keepdim=True)
+                sync(device)
+                times[j].append(1000 * (time.perf_counter() - t0) / args.new_tokens)
+    medians = [statistics.median(t) for t in times]
+    hf = [(r.name, m) for r, m in zip(runners, medians) if r.name.startswith("hf-xlstm")]
+    print(f"Decode side by side: D {D_MODEL}, {NUM_BLOCKS} blocks, {NUM_HEADS} heads, vocab {VOCAB}, batch "
+          f"{args.batch}, {args.dtype}, context {context}, {args.side_by_side} rounds x {args.new_tokens} tokens, "
+          f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__})\n")
+    print("| model | median ms/token | min | max |" + "".join(f" {name} ÷ this |" for name, _ in hf))
+    print("|---|---:|---:|---:|" + "---:|" * len(hf))
+    for runner, median, t in zip(runners, medians, times):
+        print(f"| {runner.name} | {median:.3f} | {min(t):.3f} | {max(t):.3f} |"
+              + "".join(f" {m / median:.2f}x |" for _, m in hf))
+    if notes:
+        print("\nNot measured:\n" + "\n".join(notes))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 512, 2048, 8192, 16384])
@@ -302,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="also every model with its one-token steps through torch.compile "
                              "(xlstm_torch.generation.compiled_step), as rows of their own")
+    parser.add_argument("--side-by-side", type=int, default=0, metavar="ROUNDS",
+                        help="instead of the table: every model prefills the first context, then ROUNDS rounds in "
+                             "which each decodes --new-tokens tokens from a copy of its state, in turn (medians; "
+                             "on a noisy machine the only fair comparison)")
     parser.add_argument("--hf-builtin", action="store_true",
                         help="hf-xlstm on transformers' built-in PyTorch layers, also where the xlstm package is installed")
     args = parser.parse_args(argv)
@@ -314,13 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
 
-    rows, notes = [], []
+    rows, notes, side_by_side_runners = [], [], []
     for name in args.models:
         runner = BUILDERS[name](device, dtype)
         if isinstance(runner, str):
             notes.append(f"- {name}: {runner}")
             continue
-        runners = [runner] + ([compiled(runner)] if args.compile and runner.make_step is not None else [])
+        runners = [runner] + ([compiled(runner, ours=name != "hf-xlstm")]
+                              if args.compile and runner.make_step is not None else [])
+        if args.side_by_side:
+            side_by_side_runners += runners
+            continue
         for runner in runners:
             warm_up(runner, device)  # the compiled runner compiles here
             for context in args.contexts:
@@ -328,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((runner.name, context, r))
                 print(f"{runner.name} L={context}: {r}", file=sys.stderr, flush=True)
 
+    if args.side_by_side:
+        return report_side_by_side(side_by_side_runners, args, device, notes)
     print(f"Decode benchmark: D {D_MODEL}, {NUM_BLOCKS} blocks, {NUM_HEADS} heads, vocab {VOCAB}, batch {args.batch}, "
           f"{args.dtype}, {args.new_tokens} new tokens, device {device} "
           f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})\n")

@@ -368,6 +368,115 @@ def test_compiled_decoding_equals_eager(name):
                        generate(model, prompt, 10, temperature=0))
 
 
+def _halve_weights_(model) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["xlstm", "xlstm-large"])
+def test_compiled_steps_read_the_caches_and_refresh_them(name):
+    """``CompiledSteps``: the derived weights are graph inputs, read from the caches. Called directly inside
+    ``weights_fixed`` after an in-place change, the graph sees the stale caches (so they are inputs, not
+    rebuilt); through ``CompiledSteps`` the change is seen (an eager call refreshes them), and the compiled
+    calls after it agree with eager ones (so they are inputs, not constants baked into the graph)."""
+    from xlstm_torch.generation import CompiledSteps
+    from xlstm_torch.nn import decode
+
+    model = MODELS[name]()
+    steps = CompiledSteps(model)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        logits, state = model(torch.randint(0, 32, (2, 6)))
+        token = logits[:, -1:].argmax(-1)
+        for _ in range(3):
+            steps(token, state)  # eager, then compiled
+        _halve_weights_(model)
+        with decode.weights_fixed():
+            stale, _ = steps.compiled(token, state=state)
+        refreshed, _ = steps(token, state)  # sees the change: runs eagerly
+        compiled, _ = steps(token, state)
+        eager, _ = model(token, state)
+    assert not torch.allclose(stale, eager, rtol=1e-3, atol=1e-3)
+    assert torch.equal(refreshed, eager)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["xlstm", "xlstm-large"])
+def test_decoding_step_with_fixed_weights_is_one_graph(name):
+    """Inside ``weights_fixed`` (what ``CompiledSteps`` runs) a one-token step traces as one graph, the cached
+    tensors read without a break."""
+    from xlstm_torch.nn import decode
+
+    model = MODELS[name]()
+    with torch.no_grad():
+        logits, state = model(torch.randint(0, 32, (1, 4)))
+        token = logits[:, -1:].argmax(-1)
+        model(token, state)  # eager: fills the caches
+        torch._dynamo.reset()
+        with decode.weights_fixed():
+            explained = torch._dynamo.explain(lambda t, s: model(t, state=s)[0])(token, state)
+    assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+@pytest.mark.slow
+def test_compiled_steps_skip_guards_only_inside_a_chain(monkeypatch):
+    """Guard evaluation is skipped only for a call whose state the previous compiled call returned, after
+    two guarded calls of that chain; a copied state, other token ids or an eager call start a new chain."""
+    import xlstm_torch.generation as generation
+
+    skipped = []
+    real = torch.compiler.set_stance
+
+    def recording(*args, skip_guard_eval_unsafe=False, **kwargs):
+        skipped.append(skip_guard_eval_unsafe)
+        return real(*args, skip_guard_eval_unsafe=skip_guard_eval_unsafe, **kwargs)
+
+    monkeypatch.setattr(torch.compiler, "set_stance", recording)
+    model = xlstm()
+    steps = generation.CompiledSteps(model)
+    with torch.no_grad():
+        logits, state = model(torch.randint(0, 32, (1, 5)))
+        token = logits[:, -1:].argmax(-1)
+        chain = state
+        for _ in range(6):  # eager, guarded, guarded, 3 skipped
+            logits, chain = steps(token, chain)
+        assert skipped == [True] * 3
+        copied = chain.map(torch.clone)
+        _, after_copy = steps(token, copied)
+        _, after_copy = steps(token, after_copy)  # the copy's chain: guarded twice
+        _, fork = steps(token.int(), chain)  # the chain's state, other token ids (int32): guarded
+        assert skipped == [True] * 3
+        _, chain = steps(token, chain)  # the chain again (its entry was taken by the fork): guarded
+        _, after_copy = steps(token, after_copy)  # third call of the copy's chain
+        assert skipped == [True] * 4
+        _halve_weights_(model)
+        _, after_copy = steps(token, after_copy)  # eager: every chain starts again
+        _, after_copy = steps(token, after_copy)
+        assert skipped == [True] * 4
+
+
+@pytest.mark.slow
+def test_compiled_generation_sees_changes_between_steps():
+    """Weights changed while a compiled ``stream_generate`` runs (between two tokens) and prompts of unequal
+    lengths (groups of rows): the tokens of the eager run with the same changes."""
+    prompts = [torch.randint(0, 32, (n,)) for n in (3, 5, 5, 7)]
+
+    def run(compile):
+        model = xlstm()
+        tokens = []
+        for j, step in enumerate(stream_generate(model, prompts, 8, temperature=0, compile=compile)):
+            tokens.append(step)
+            if j == 4:
+                _halve_weights_(model)
+        return torch.stack(tokens)
+
+    assert torch.equal(run(True), run(False))
+
+
 def test_a_compiled_step_does_not_keep_its_model_alive():
     import gc
     import weakref

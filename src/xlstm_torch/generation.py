@@ -28,10 +28,13 @@ batch at once, so a seed fixes the result whatever the prefill.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+from .nn import decode
 
 __all__ = ["generate", "stream_generate", "filter_logits"]
 
@@ -119,7 +122,7 @@ def stream_generate(
         generator = torch.Generator(device=device).manual_seed(seed)
     steps = _decode(model, [p.to(device) for p in prompts], max_new_tokens, greedy=greedy, temperature=float(temperature), top_k=top_k, top_p=top_p,
                     eos_ids=eos_ids, pad_token_id=pad_token_id, generator=generator, streamer=streamer,
-                    one_token=compiled_step(model) if compile else model)
+                    one_token=CompiledSteps(model) if compile else model)
     return steps
 
 
@@ -162,6 +165,56 @@ def compiled_step(model):
         compiled = torch.compile(model)
         object.__setattr__(model, "_compiled_decode_step", compiled)
     return compiled
+
+
+class CompiledSteps:
+    """One-token calls through ``compiled_step(model)`` with the derived weights as graph inputs.
+
+    The step paths read tensors derived from the parameters (concatenated or re-laid-out weights,
+    ``nn/decode.py``). Eagerly they are cached and checked against the parameters' versions at every
+    call; a traced graph cannot check versions and would rebuild them at every token. So the first call,
+    and every call after a parameter changed (in place, by ``load_state_dict``, or moved), runs eagerly,
+    which brings every cache up to date; the others run compiled inside ``decode.weights_fixed()``, reading
+    the caches. The check per call compares each parameter's storage and version counter (a parameter
+    replaced by another object while the loop runs is not seen; the next ``generate`` is).
+
+    After two compiled calls that passed dynamo's guards, a call whose state is the one the previous call
+    returned, with token ids of the previous call's shape, dtype and layout, skips the guard evaluation
+    (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``; ~0.1 ms per token on a CPU): its inputs
+    match the previous call's, so the guards would pass. The first two calls of such a chain are guarded
+    because the first one's state comes from elsewhere (an eager call, a copy), whose layouts may differ
+    from a compiled call's. Any eager call starts every chain again.
+    """
+
+    GUARDED_CALLS = 2
+
+    def __init__(self, model) -> None:
+        self.model, self.compiled = model, compiled_step(model)
+        self.params = [p for p in model.parameters() if not p.is_inference()]  # others have no version
+        self.checked: list | None = None  # the parameters' (storage, version) when the caches were brought up to date
+        self.chains: dict[int, tuple] = {}  # id(returned state) -> (weak ref to it, guarded calls, input signature)
+
+    def __call__(self, input_ids: torch.Tensor, state: Any = None):
+        now = [(p.data_ptr(), p._version) for p in self.params]
+        if now != self.checked:
+            out = self.model(input_ids, state=state)  # eager: rebuilds any cache a change made stale
+            self.checked, self.chains = now, {}
+            return out
+        signature = (input_ids.shape, input_ids.dtype, input_ids.device, input_ids.stride())
+        link = self.chains.pop(id(state), None)
+        guarded = link[1] if link is not None and link[0]() is state and link[2] == signature else 0
+        with decode.weights_fixed():
+            if guarded < self.GUARDED_CALLS:
+                logits, state = self.compiled(input_ids, state=state)
+                guarded += 1
+            else:
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    logits, state = self.compiled(input_ids, state=state)
+        try:
+            self.chains[id(state)] = (weakref.ref(state), guarded, signature)
+        except TypeError:  # a state without weak references is never trusted to continue a chain
+            pass
+        return logits, state
 
 
 def _decode(model, prompts: list[torch.Tensor], max_new_tokens, *, greedy, temperature, top_k, top_p, eos_ids,

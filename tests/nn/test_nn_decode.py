@@ -215,3 +215,16 @@ def test_projections_with_their_own_forward_run_as_themselves(kind):
     y_seq, st_seq = sequence_path(block, x)
     assert_close(y_steps, y_seq, 1e-5, "y")
     assert_states_close(st_steps, st_seq, 1e-5)
+
+
+def test_cached_weights_are_not_pickled():
+    """A pickled (or copied) module carries no derived tensors; they are rebuilt from its own weights."""
+    import pickle
+
+    block = make_block("large")
+    x = torch.randn(1, 3, D)
+    expected, _ = decode_tokens(block, x)
+    assert block.mlstm_layer.fused_in._value is not None
+    twin = pickle.loads(pickle.dumps(block))
+    assert twin.mlstm_layer.fused_in._value is None
+    assert_close(decode_tokens(twin, x)[0], expected, 1e-6, "unpickled")

@@ -5,12 +5,16 @@ At batch 1 a decoding step is a few hundred tiny products and pointwise ops, and
 costs more in dispatch (module calls, argument checks, views, allocations) than in arithmetic.
 The layers' step paths therefore call the functional ops directly on (B, D) rows and, where
 several projections read the same input, run them as one product. The concatenated weights are
-kept between calls by ``FusedWeights`` and rebuilt when any parameter changes. Every step path is
+kept between calls by ``FusedWeights`` and rebuilt when any parameter changes. Under ``torch.compile``
+the cached tensors are graph inputs inside ``weights_fixed()`` (how ``generate(..., compile=True)`` runs
+its steps) and are rebuilt inside the graph otherwise. Every step path is
 taken only when nothing needs a gradient (``decoding``); with gradients the layers run their
 sequence paths, which are the step paths' reference twins (tests/nn/test_nn_decode.py).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,25 @@ FUSE_MAX_BYTES = 16 * 2**20
 """Largest concatenated weight kept: above it a product costs far more than its dispatch, so
 fusing gains nothing and a copy of that size is not worth holding (an xLSTM 7B layer's would be
 hundreds of MiB)."""
+
+
+_weights_fixed = False
+"""True inside ``weights_fixed()``: compiled steps take the cached tensors as graph inputs (``WeightCache``)."""
+
+
+@contextlib.contextmanager
+def weights_fixed():
+    """Declare that no parameter changes inside the block and that every ``WeightCache`` the steps read was
+    checked eagerly since the last change. Compiled one-token steps then read the cached tensors (graph
+    inputs, one per cache) instead of rebuilding them inside the graph at every token; ``torch.compile``
+    guards on this flag, so a graph traced inside the block is used only inside it.
+    ``generation.generate(..., compile=True)`` runs its compiled steps this way (generation.py)."""
+    global _weights_fixed
+    before, _weights_fixed = _weights_fixed, True
+    try:
+        yield
+    finally:
+        _weights_fixed = before
 
 
 def decoding(x: torch.Tensor, module: torch.nn.Module) -> bool:
@@ -55,7 +78,12 @@ class WeightCache:
         self._value = None
 
     def get(self, params, build):
-        if torch.compiler.is_compiling() or any(p.is_inference() for p in params):
+        if torch.compiler.is_compiling():
+            if _weights_fixed and self._value is not None:
+                return self._value  # checked eagerly since the last change (``weights_fixed``): a graph input
+            with torch.no_grad():
+                return build()  # traced: rebuilt from the parameters at every call
+        if any(p.is_inference() for p in params):
             with torch.no_grad():
                 return build()
         key = tuple((p, p.data_ptr(), p._version) for p in params)
@@ -73,6 +101,12 @@ class WeightCache:
 
     def __deepcopy__(self, memo) -> "WeightCache":
         return type(self)()  # a copied module gets its own cache, built from its own parameters
+
+    def __getstate__(self) -> dict:
+        return {}  # a pickled module carries no derived tensors: they are rebuilt on first use
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 class FusedWeights(WeightCache):
