@@ -457,6 +457,10 @@ def test_compiled_steps_skip_guards_only_inside_a_chain(monkeypatch):
         _, after_copy = steps(token, after_copy)  # eager: every chain starts again
         _, after_copy = steps(token, after_copy)
         assert skipped == [True] * 4
+        monkeypatch.setattr(generation.CompiledSteps, "CAN_SKIP_GUARDS", False)  # a torch without the stance
+        for _ in range(3):
+            _, after_copy = steps(token, after_copy)
+        assert skipped == [True] * 4
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ batch at once, so a seed fixes the result whatever the prefill.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -167,6 +168,14 @@ def compiled_step(model):
     return compiled
 
 
+def _has_skip_guard_eval() -> bool:
+    """Whether this torch has ``torch.compiler.set_stance(skip_guard_eval_unsafe=...)`` (recent versions only)."""
+    try:
+        return "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 class CompiledSteps:
     """One-token calls through ``compiled_step(model)`` with the derived weights as graph inputs.
 
@@ -187,6 +196,7 @@ class CompiledSteps:
     """
 
     GUARDED_CALLS = 2
+    CAN_SKIP_GUARDS = _has_skip_guard_eval()  # older torch versions evaluate the guards at every call
 
     def __init__(self, model) -> None:
         self.model, self.compiled = model, compiled_step(model)
@@ -204,7 +214,7 @@ class CompiledSteps:
         link = self.chains.pop(id(state), None)
         guarded = link[1] if link is not None and link[0]() is state and link[2] == signature else 0
         with decode.weights_fixed():
-            if guarded < self.GUARDED_CALLS:
+            if guarded < self.GUARDED_CALLS or not self.CAN_SKIP_GUARDS:
                 logits, state = self.compiled(input_ids, state=state)
                 guarded += 1
             else:
