@@ -268,21 +268,27 @@ def measure(runner: Runner, context: int, new_tokens: int, batch: int, repeats: 
     del ids
     best, decode_peak = float("inf"), 0
     for repeat in range(repeats):
-        run_state, token = runner.copy_state(state), logits.argmax(-1, keepdim=True)
         if repeat == 0:  # the decoding's own peak, on top of the state it starts from
             baseline = reset_peak(device)
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(new_tokens):
-            step_logits, run_state = runner.step(token, run_state)
-            token = step_logits.argmax(-1, keepdim=True)  # (B, 1)
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, timed_decode(runner, logits, state, new_tokens, device))
         if repeat == 0:
             decode_peak = peak_since(device, baseline)
     return dict(prefill_tps=batch * context / prefill_s, decode_tps=batch * new_tokens / best,
                 ms_per_token=1000 * best / new_tokens, state_mib=state_bytes / 2**20,
                 prefill_peak_mib=prefill_peak / 2**20, decode_peak_mib=decode_peak / 2**20)
+
+
+def timed_decode(runner: Runner, logits: torch.Tensor, state, new_tokens: int, device) -> float:
+    """Seconds for ``new_tokens`` greedy one-token steps from a copy of ``state``, the first token the argmax
+    of the prefill's ``logits`` (B, V)."""
+    run_state, token = runner.copy_state(state), logits.argmax(-1, keepdim=True)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        step_logits, run_state = runner.step(token, run_state)
+        token = step_logits.argmax(-1, keepdim=True)  # (B, 1)
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def warm_up(runner: Runner, device) -> None:
@@ -308,14 +314,7 @@ def report_side_by_side(runners: list[Runner], args, device, notes: list[str]) -
         times: list[list[float]] = [[] for _ in runners]
         for _ in range(args.side_by_side):
             for j, (runner, (logits, state)) in enumerate(zip(runners, starts)):
-                run_state, token = runner.copy_state(state), logits.argmax(-1, keepdim=True)
-                sync(device)
-                t0 = time.perf_counter()
-                for _ in range(args.new_tokens):
-                    step_logits, run_state = runner.step(token, run_state)
-                    token = step_logits.argmax(-1, keepdim=True)
-                sync(device)
-                times[j].append(1000 * (time.perf_counter() - t0) / args.new_tokens)
+                times[j].append(1000 * timed_decode(runner, logits, state, args.new_tokens, device) / args.new_tokens)
     medians = [statistics.median(t) for t in times]
     hf = [(r.name, m) for r, m in zip(runners, medians) if r.name.startswith("hf-xlstm")]
     print(f"Decode side by side: D {D_MODEL}, {NUM_BLOCKS} blocks, {NUM_HEADS} heads, vocab {VOCAB}, batch "
@@ -345,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
     parser.add_argument("--compile", action="store_true",
                         help="also every model with its one-token steps through torch.compile "
-                             "(xlstm_torch.generation.compiled_step), as rows of their own")
+                             "(ours: xlstm_torch.generation.CompiledSteps, what generate(compile=True) runs), "
+                             "as rows of their own")
     parser.add_argument("--side-by-side", type=int, default=0, metavar="ROUNDS",
                         help="instead of the table: every model prefills the first context, then ROUNDS rounds in "
                              "which each decodes --new-tokens tokens from a copy of its state, in turn (medians; "

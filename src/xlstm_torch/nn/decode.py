@@ -81,11 +81,9 @@ class WeightCache:
         if torch.compiler.is_compiling():
             if _weights_fixed and self._value is not None:
                 return self._value  # checked eagerly since the last change (``weights_fixed``): a graph input
+        if torch.compiler.is_compiling() or any(p.is_inference() for p in params):
             with torch.no_grad():
-                return build()  # traced: rebuilt from the parameters at every call
-        if any(p.is_inference() for p in params):
-            with torch.no_grad():
-                return build()
+                return build()  # traced (rebuilt at every call) or from inference tensors (no version to check)
         key = tuple((p, p.data_ptr(), p._version) for p in params)
         cached = self._key
         if cached is None or len(cached) != len(key) or any(
