@@ -67,6 +67,33 @@ def test_mqar_table_vocab_and_lr_reach_the_cells(tmp_path):
     assert (tmp_path / "mqar_V64.md").read_text() == before
 
 
+def test_mqar_restated_layout_has_its_own_runs_and_table(tmp_path):
+    """``--restate-answers`` (the earlier MQAR layout) reaches the run, and its cells, table and plot get names of their
+    own. A result written before the layout was recorded was made with restated answers: it counts as done for a
+    restated cell and never for a cell of Zoology's layout."""
+    from xlstm_torch.experiments.tables import _done
+
+    args = ["experiment", "table", "mqar", "--steps", "1", "--seeds", "1", "--jobs", "1", "--settings", "1",
+            "--widths", "16", "--batch-size", "2", "--models", "lstm", "--vocab-size", "64", "--out", str(tmp_path)]
+    assert main(args + ["--restate-answers"]) == 0
+    folder = tmp_path / "runs" / "mqar" / "L64_kv4_V64_restated" / "d16" / "lstm" / "seed0"
+    r = json.loads((folder / "results.json").read_text())
+    assert r["restate_answers"] is True and r["vocab_size"] == 64
+    text = (tmp_path / "mqar_V64_restated.md").read_text()
+    assert "answers restated after the queries" in text and "answered by elimination" in text
+    assert not (tmp_path / "mqar_V64.md").exists() and not (tmp_path / "runs" / "mqar" / "L64_kv4_V64").exists()
+    assert main(args) == 0  # Zoology's layout: the plain names, run anew
+    r = json.loads((tmp_path / "runs" / "mqar" / "L64_kv4_V64" / "d16" / "lstm" / "seed0" / "results.json").read_text())
+    assert r["restate_answers"] is False and "Zoology's layout" in (tmp_path / "mqar_V64.md").read_text()
+    del r["restate_answers"]  # as written before the field existed
+    (folder / "results.json").write_text(json.dumps(r))
+    kwargs = {k: r[k] for k in ("model", "seed", "steps", "vocab_size")}
+    assert _done(folder, {**kwargs, "restate_answers": True}) and not _done(folder, {**kwargs, "restate_answers": False})
+    assert main(["experiment", "mqar", "--model", "lstm", "--steps", "1", "--seq-len", "16", "--num-pairs", "2",
+                 "--width", "16", "--batch-size", "2", "--restate-answers", "--out", str(tmp_path / "one")]) == 0
+    assert json.loads((tmp_path / "one" / "results.json").read_text())["restate_answers"] is True
+
+
 def test_mqar_table_keeps_the_learning_rate_with_the_best_validation_accuracy(tmp_path):
     """``--lr A B``: every cell at each rate, in folders of their own (the default rate's runs keep theirs); the table
     keeps per model the rate whose mean validation accuracy is best, chosen without the test accuracy, and lists the
@@ -88,7 +115,8 @@ def test_mqar_table_keeps_the_learning_rate_with_the_best_validation_accuracy(tm
             d.joinpath("results.json").write_text(json.dumps({
                 "task": "mqar", "model": model, "seed": seed, "seq_len": 64, "num_pairs": 4, "width": 16,
                 "parameters": 10, "vocab_size": 64, "steps": 5, "batch_size": 2, "num_heads": 1,
-                "slstm_num_heads": 1, "accuracy": test, "best_val_accuracy": val, "steps_run": 5,
+                "slstm_num_heads": 1, "restate_answers": False, "accuracy": test, "best_val_accuracy": val,
+                "steps_run": 5,
                 "optim": asdict(OptimSettings(lr=lr)), "history": [{"step": 5, "val_accuracy": val}]}))
 
     class Args:

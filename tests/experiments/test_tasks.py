@@ -114,8 +114,12 @@ def test_rescaled():
     assert rescaled(0.5, 0.5) == 0 and rescaled(1.0, 0.2) == 1
 
 
-def test_mqar_brute_force():
-    task = MQARTask(64, 4, vocab_size=64)
+@pytest.mark.parametrize("restate_answers", [False, True])
+def test_mqar_brute_force(restate_answers):
+    """Every key is queried once, later than the context, and scored against its value; in Zoology's layout the
+    value is not in the input after the query (filler 0) and the values of a row are distinct; in the earlier layout
+    it is restated there."""
+    task = MQARTask(64, 4, vocab_size=64, restate_answers=restate_answers)
     x, y = task.sample(batch_generator(0, 0, 0), 32)
     for row, t in zip(x.tolist(), y.tolist()):
         keys, values = row[0:8:2], row[1:8:2]
@@ -124,8 +128,24 @@ def test_mqar_brute_force():
         queried = [(p, row[p]) for p in range(8, 64) if t[p] != IGNORE]
         assert sorted(k for _, k in queried) == sorted(keys)
         for p, k in queried:
-            assert t[p] == memory[k] and row[p + 1] == memory[k]
+            assert t[p] == memory[k] and row[p + 1] == (memory[k] if restate_answers else 0)
         assert all(v == IGNORE for v in t[:8])
+        if not restate_answers:
+            assert len(set(values)) == 4
+            assert sorted(v for v in row[8:] if v) == sorted(keys)  # after the context: the queried keys only
+    with pytest.raises(TypeError, match="restate_answers"):
+        MQARTask(64, 4, restate_answers=1)
+
+
+def test_mqar_restated_layout_is_the_earlier_one():
+    """``restate_answers=True`` draws exactly what the task drew before Zoology's layout became the default (the
+    same generator calls in the same order), so the runs made with it can be reproduced: pinned on a few ids."""
+    x, y = MQARTask(16, 2, vocab_size=16, restate_answers=True).sample(batch_generator(0, 0, 0), 2)
+    keys, values = x[:, 0:4:2], x[:, 1:4:2]
+    g = batch_generator(0, 0, 0)
+    expect_keys = torch.rand(2, 7, generator=g).argsort(1)[:, :2] + 1
+    expect_values = torch.randint(8, 16, (2, 2), generator=g)
+    assert torch.equal(keys, expect_keys) and torch.equal(values, expect_values)
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 5])

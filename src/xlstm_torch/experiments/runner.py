@@ -88,8 +88,9 @@ def accuracy_by_query_rank(model, batches, num_classes, num_queries: int) -> lis
     """MQAR accuracy of the 1st, 2nd, ... scored position of each row (the queries in order of position);
     their mean is ``accuracy``, as every row has ``num_queries`` scored positions.
 
-    Every key is queried once, so the last query can be answered without recall, by naming the one value not yet
-    restated; real recall shows as a high accuracy at the first query too."""
+    In the layout with restated answers (``MQARTask(restate_answers=True)``) the last query can be answered
+    without recall, by naming the one value not yet restated; real recall shows as a high accuracy at the first
+    query too. In Zoology's layout every rank needs recall; the ranks then show the effect of the distance."""
     model.eval()
     right = torch.zeros(num_queries)
     rows = 0
@@ -197,10 +198,12 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 2000, seed: int 
 def run_mqar(model_name: str, *, seq_len: int = 64, num_pairs: int = 4, width: int = 64, steps: int = 2000,
              seed: int = 0, batch_size: int = 64, vocab_size: int = MQAR_VOCAB, num_blocks: int = 2,
              num_heads: int = MQAR_HEADS, slstm_num_heads: int = MQAR_HEADS, test_examples: int = 512,
-             eval_every: int = 250, settings: OptimSettings | None = None, log=None) -> dict:
+             eval_every: int = 250, settings: OptimSettings | None = None, restate_answers: bool = False,
+             log=None) -> dict:
     """One MQAR run at model width ``width`` (Zoology compares models at equal width), fresh training data every
-    step (no fixed 100k-example training set), ``test_examples`` held-out examples."""
-    task = MQARTask(seq_len, num_pairs, vocab_size)
+    step (no fixed 100k-example training set), ``test_examples`` held-out examples. ``restate_answers``: the
+    earlier layout of ``tasks.MQARTask``."""
+    task = MQARTask(seq_len, num_pairs, vocab_size, restate_answers=restate_answers)
     settings = settings or OptimSettings()
     torch.manual_seed(seed)
     from .zoo import build
@@ -219,7 +222,8 @@ def run_mqar(model_name: str, *, seq_len: int = 64, num_pairs: int = 4, width: i
     return {"task": "mqar", "model": model_name, "seed": seed, "seq_len": seq_len, "num_pairs": num_pairs,
             "width": width, "parameters": count_parameters(model), "vocab_size": vocab_size, "steps": steps,
             "batch_size": batch_size, "num_blocks": num_blocks, "num_heads": num_heads,
-            "slstm_num_heads": slstm_num_heads, "accuracy": sum(by_rank) / len(by_rank),
+            "slstm_num_heads": slstm_num_heads, "restate_answers": restate_answers,
+            "accuracy": sum(by_rank) / len(by_rank),
             "accuracy_by_query_rank": by_rank,
             "optim": asdict(settings), **result}
 

@@ -62,7 +62,8 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
 
         settings = [(64, 4), (128, 8), (256, 16), (512, 64)][: args.settings]
         vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
-        tag = _vocab_tag(args)
+        tag = _mqar_tag(args)
+        restate = bool(getattr(args, "restate_answers", False))
         heads = getattr(args, "heads", None) or MQAR_HEADS
         lrs = getattr(args, "lr", None) or [MQAR_LR]
         lrs = list(dict.fromkeys([lrs] if isinstance(lrs, float) else lrs))  # a rate given twice runs once
@@ -76,7 +77,7 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
                             kw = dict(model_name=model, seq_len=seq_len, num_pairs=pairs, width=width, seed=seed,
                                       steps=args.steps or 1500, batch_size=getattr(args, "batch_size", None) or 64,
                                       vocab_size=vocab, num_heads=heads, slstm_num_heads=heads,
-                                      settings=OptimSettings(lr=lr))
+                                      settings=OptimSettings(lr=lr), restate_answers=restate)
                             cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}{tag}/d{width}/{model}{_lr_tag(lr)}/seed{seed}"))
     else:
         for model in args.models or LM_MODELS:
@@ -122,13 +123,13 @@ def _best_lr(results: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, rows
 
 
-def _vocab_tag(args) -> str:
-    """A reduced MQAR vocabulary is a different task: its runs, table and plot get their own names ("_V256");
-    Zoology's 8192 keeps the plain ones."""
+def _mqar_tag(args) -> str:
+    """A reduced MQAR vocabulary or the layout with restated answers (``tasks.MQARTask``) is a different task: its
+    runs, table and plot get their own names ("_V256", "_V256_restated"); Zoology's task keeps the plain ones."""
     from .runner import MQAR_VOCAB
 
     vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
-    return "" if vocab == MQAR_VOCAB else f"_V{vocab}"
+    return ("" if vocab == MQAR_VOCAB else f"_V{vocab}") + ("_restated" if getattr(args, "restate_answers", False) else "")
 
 
 def run_table(name: str, args, log=print) -> Path:
@@ -159,7 +160,7 @@ def run_table(name: str, args, log=print) -> Path:
                 log(f"  FAILED {key}: {err}")
     results = [json.loads((runs / c[2] / "results.json").read_text()) for c in cells if _done(runs / c[2], c[1])]
     missing = [c[2] for c in cells if not _done(runs / c[2], c[1])]
-    stem = getattr(args, "table_name", None) or name + (_vocab_tag(args) if name == "mqar" else "")
+    stem = getattr(args, "table_name", None) or name + (_mqar_tag(args) if name == "mqar" else "")
     text = _WRITERS[name](results, out, stem) if results else "No finished cells.\n"
     if missing:
         text += f"\nMissing cells (budget reached or failed): {', '.join(missing)}\n"
@@ -169,13 +170,17 @@ def run_table(name: str, args, log=print) -> Path:
     return path
 
 
+# What a result written before a field was recorded was run with: MQAR runs before "restate_answers" used that layout.
+_BEFORE_RECORDED = {"restate_answers": True}
+
+
 def _done(folder: Path, kwargs: dict) -> bool:
     """Whether ``folder`` holds the results.json of a run with ``kwargs``: every argument the result records
     (steps, batch size, vocabulary, ...; the optimizer settings as "optim") must be equal."""
     path = folder / "results.json"
     if not path.exists():
         return False
-    result = json.loads(path.read_text())
+    result = {**_BEFORE_RECORDED, **json.loads(path.read_text())}
     recorded = dict(kwargs)
     if "settings" in recorded:
         recorded["optim"] = asdict(recorded.pop("settings"))
@@ -247,6 +252,7 @@ def _formal_table(results, out: Path, stem: str) -> str:
 
 def _mqar_table(results, out: Path, stem: str) -> str:
     results, sweep_rows = _best_lr(results)
+    restated = any({**_BEFORE_RECORDED, **r}["restate_answers"] for r in results)  # tasks.MQARTask's two layouts
     groups = _group(results, "seq_len", "num_pairs", "width", "model")
     models = list(dict.fromkeys(r["model"] for r in results))
     settings = sorted({(r["seq_len"], r["num_pairs"], r["width"]) for r in results})
@@ -260,10 +266,11 @@ def _mqar_table(results, out: Path, stem: str) -> str:
     steps = {m: sorted({r["steps_run"] for r in results if r["model"] == m}) for m in models}
     ranked = _group([r for r in results if "accuracy_by_query_rank" in r], "seq_len", "num_pairs", "width", "model")
     rank_lines = []
-    if ranked:  # the last query can be answered by elimination; recall shows at the first
+    if ranked:
         most = max(key[1] for key in ranked)
-        rank_lines = ["", "Accuracy by query rank (q1 = the earliest query of a row; the last one can be answered by "
-                      "elimination, recall shows at q1), mean over seeds:", "",
+        why = ("the last one can be answered by elimination, recall shows at q1" if restated
+               else "every query needs recall; a later query sits farther from its pair")
+        rank_lines = ["", f"Accuracy by query rank (q1 = the earliest query of a row; {why}), mean over seeds:", "",
                       "| (seq len, kv pairs) | width | model | " + " | ".join(f"q{j + 1}" for j in range(most)) + " |",
                       "|---|---|---|" + "---|" * most]
         for (L, kv, w, m), rs in sorted(ranked.items()):
@@ -292,7 +299,8 @@ def _mqar_table(results, out: Path, stem: str) -> str:
         ax.legend(fontsize=6)
         fig.savefig(out / f"{stem}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-    return (f"MQAR accuracy at the answer positions (vocabulary {', '.join(map(str, vocabs))}"
+    layout = "answers restated after the queries" if restated else "Zoology's layout"
+    return (f"MQAR accuracy at the answer positions ({layout}; vocabulary {', '.join(map(str, vocabs))}"
             + (f"; heads per layer {', '.join(map(str, heads))}" if heads else "") + "), mean ± half-range over seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
             + "\n\nSteps run (early stop at validation accuracy 1.0): "
             + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n" + "\n".join(rank_lines) + "\n"

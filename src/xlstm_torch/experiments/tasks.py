@@ -300,19 +300,28 @@ def mixed_length_batch(task: FormalTask, generator: torch.Generator, batch: int,
 
 
 class MQARTask:
-    """Multi-Query Associative Recall (Zoology): ``num_pairs`` key-value pairs k1 v1 ... kn vn, keys from the
-    lower half of the vocabulary and values from the upper half (token 0 is the filler); later, every key
-    appears once more at a random position, followed by its value. Scored: the prediction at each queried
-    key's position (its value). Zoology spaces queries by a power law; here positions are uniform."""
+    """Multi-Query Associative Recall in Zoology's layout: ``num_pairs`` key-value pairs k1 v1 ... kn vn (distinct
+    keys from the lower half of the vocabulary, distinct values from the upper half, token 0 the filler); later,
+    every key appears once more at a random even offset, and the prediction at that position is scored against its
+    value. The value is not in the input after the query, so every query needs recall. Zoology spaces the queries
+    by a power law; here the offsets are uniform.
 
-    def __init__(self, seq_len: int, num_pairs: int, vocab_size: int = 8192) -> None:
+    ``restate_answers=True``: the layout this project used before (until 2026-11-27), kept so that the runs made with
+    it can be reproduced: each query is followed by its value in the input, and values are drawn with replacement.
+    The last query of a row can then be answered by elimination (the one value of the context not yet restated),
+    a shortcut that Zoology's layout does not offer."""
+
+    def __init__(self, seq_len: int, num_pairs: int, vocab_size: int = 8192, restate_answers: bool = False) -> None:
         if not isinstance(num_pairs, int) or num_pairs < 1:
             raise ValueError(f"num_pairs must be a positive int, got {num_pairs!r}")
         if not isinstance(seq_len, int) or seq_len < 4 * num_pairs:
             raise ValueError(f"seq_len must be an int >= 4 * num_pairs = {4 * num_pairs}, got {seq_len!r}")
         if not isinstance(vocab_size, int) or vocab_size // 2 - 1 < num_pairs:
             raise ValueError(f"vocab_size {vocab_size!r} too small for {num_pairs} distinct keys")
+        if not isinstance(restate_answers, bool):
+            raise TypeError(f"restate_answers must be a bool, got {restate_answers!r}")
         self.seq_len, self.num_pairs, self.vocab_size = seq_len, num_pairs, vocab_size
+        self.restate_answers = restate_answers
         self.num_classes = vocab_size
 
     def chance(self, length: int | None = None) -> float:
@@ -321,17 +330,22 @@ class MQARTask:
     def sample(self, generator: torch.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (B, S), targets (B, S): the value at each query position, IGNORE elsewhere."""
         g, n, S, half = generator, self.num_pairs, self.seq_len, self.vocab_size // 2
-        keys = torch.rand(batch, half - 1, generator=g).argsort(1)[:, :n] + 1  # distinct, in 1..half-1
-        values = torch.randint(half, self.vocab_size, (batch, n), generator=g)
+        keys = torch.rand(batch, half - 1, generator=g).argsort(1)[:, :n] + 1  # (B, n) distinct, in 1..half-1
+        if self.restate_answers:
+            values = torch.randint(half, self.vocab_size, (batch, n), generator=g)
+        else:
+            values = torch.rand(batch, self.vocab_size - half, generator=g).argsort(1)[:, :n] + half  # distinct
         inputs = torch.zeros(batch, S, dtype=torch.long)
         inputs[:, 0:2 * n:2], inputs[:, 1:2 * n:2] = keys, values
         targets = torch.full_like(inputs, IGNORE)
-        # query slots: n distinct even offsets in the second part, each key followed by its value
+        # query slots: n distinct even offsets after the context (the odd offset after each stays filler, or holds
+        # the restated value)
         slots = (S - 2 * n) // 2
         offset = torch.rand(batch, slots, generator=g).argsort(1)[:, :n] * 2 + 2 * n  # (B, n)
         order = torch.rand(batch, n, generator=g).argsort(1)  # which pair each slot queries
         rows = torch.arange(batch)[:, None]
         inputs[rows, offset] = keys.gather(1, order)
-        inputs[rows, offset + 1] = values.gather(1, order)
+        if self.restate_answers:
+            inputs[rows, offset + 1] = values.gather(1, order)
         targets[rows, offset] = values.gather(1, order)
         return inputs, targets
