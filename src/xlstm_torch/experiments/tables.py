@@ -269,7 +269,7 @@ def _mqar_table(results, out: Path, stem: str) -> str:
     if ranked:
         most = max(key[1] for key in ranked)
         why = ("the last one can be answered by elimination, recall shows at q1" if restated
-               else "every query needs recall; a later query sits farther from its pair")
+               else "every query needs recall; later queries sit farther from the context")
         rank_lines = ["", f"Accuracy by query rank (q1 = the earliest query of a row; {why}), mean over seeds:", "",
                       "| (seq len, kv pairs) | width | model | " + " | ".join(f"q{j + 1}" for j in range(most)) + " |",
                       "|---|---|---|" + "---|" * most]
