@@ -174,13 +174,18 @@ def run_table(name: str, args, log=print) -> Path:
 _BEFORE_RECORDED = {"restate_answers": True}
 
 
+def _recorded(result: dict) -> dict:
+    """A stored result with the fields it predates filled in as they were run."""
+    return {**_BEFORE_RECORDED, **result}
+
+
 def _done(folder: Path, kwargs: dict) -> bool:
     """Whether ``folder`` holds the results.json of a run with ``kwargs``: every argument the result records
     (steps, batch size, vocabulary, ...; the optimizer settings as "optim") must be equal."""
     path = folder / "results.json"
     if not path.exists():
         return False
-    result = {**_BEFORE_RECORDED, **json.loads(path.read_text())}
+    result = _recorded(json.loads(path.read_text()))
     recorded = dict(kwargs)
     if "settings" in recorded:
         recorded["optim"] = asdict(recorded.pop("settings"))
@@ -252,7 +257,7 @@ def _formal_table(results, out: Path, stem: str) -> str:
 
 def _mqar_table(results, out: Path, stem: str) -> str:
     results, sweep_rows = _best_lr(results)
-    restated = any({**_BEFORE_RECORDED, **r}["restate_answers"] for r in results)  # tasks.MQARTask's two layouts
+    restated = any(_recorded(r)["restate_answers"] for r in results)  # tasks.MQARTask's two layouts
     groups = _group(results, "seq_len", "num_pairs", "width", "model")
     models = list(dict.fromkeys(r["model"] for r in results))
     settings = sorted({(r["seq_len"], r["num_pairs"], r["width"]) for r in results})
