@@ -18,6 +18,19 @@ def test_formal_run_writes_results(tmp_path):
     assert r["rescaled_accuracy"] == pytest.approx(sum(scored) / 2)
 
 
+def test_cycle_navigation_run_records_accuracy_by_net_displacement(tmp_path):
+    out = tmp_path / "c"
+    assert main(["experiment", "formal", "--task", "cycle_navigation", "--model", "lstm", "--steps", "2",
+                 "--test-lengths", "40", "64", "--test-examples", "64", "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    by_net = r["accuracy_by_length_and_net_displacement"]
+    assert set(by_net) == {"40", "64"}
+    for n, groups in by_net.items():
+        assert sum(g["count"] for g in groups.values()) == 64
+        right = sum(g["accuracy"] * g["count"] for g in groups.values()) / 64
+        assert right == pytest.approx(r["accuracy_by_length"][n])  # the groups split the same test strings
+
+
 def test_mqar_and_lm_runs_write_results(tmp_path):
     assert main(["experiment", "mqar", "--model", "lstm", "--steps", "2", "--seq-len", "32", "--num-pairs", "2",
                  "--width", "16", "--batch-size", "4", "--out", str(tmp_path / "m")]) == 0
@@ -94,6 +107,34 @@ def test_mqar_restated_layout_has_its_own_runs_and_table(tmp_path):
     assert json.loads((tmp_path / "one" / "results.json").read_text())["restate_answers"] is True
 
 
+def test_mqar_query_power_has_its_own_runs_and_table(tmp_path):
+    """``--query-power`` reaches the run; Zoology's power law keeps the plain names, uniform positions get "_uniform".
+    A result of Zoology's layout written before the field existed had uniform positions: it counts as done for a
+    uniform cell only."""
+    from xlstm_torch.experiments.tables import _done
+
+    args = ["experiment", "table", "mqar", "--steps", "1", "--seeds", "1", "--jobs", "1", "--settings", "1",
+            "--widths", "16", "--batch-size", "2", "--models", "lstm", "--vocab-size", "64", "--out", str(tmp_path)]
+    assert main(args + ["--query-power", "1"]) == 0
+    folder = tmp_path / "runs" / "mqar" / "L64_kv4_V64_uniform" / "d16" / "lstm" / "seed0"
+    r = json.loads((folder / "results.json").read_text())
+    assert r["query_power"] == 1.0 and r["restate_answers"] is False
+    assert "query positions uniform" in (tmp_path / "mqar_V64_uniform.md").read_text()
+    assert main(args) == 0
+    plain = tmp_path / "runs" / "mqar" / "L64_kv4_V64" / "d16" / "lstm" / "seed0" / "results.json"
+    assert json.loads(plain.read_text())["query_power"] == 0.01
+    assert "query positions power law a = 0.01" in (tmp_path / "mqar_V64.md").read_text()
+    del r["query_power"]  # as written before the field existed
+    (folder / "results.json").write_text(json.dumps(r))
+    kwargs = {k: r[k] for k in ("model", "seed", "steps", "vocab_size", "restate_answers")}
+    assert _done(folder, {**kwargs, "query_power": 1.0}) and not _done(folder, {**kwargs, "query_power": 0.01})
+    assert main(["experiment", "mqar", "--model", "lstm", "--steps", "1", "--seq-len", "16", "--num-pairs", "2",
+                 "--width", "16", "--batch-size", "2", "--query-power", "0.5", "--out", str(tmp_path / "one")]) == 0
+    assert json.loads((tmp_path / "one" / "results.json").read_text())["query_power"] == 0.5
+    with pytest.raises(ValueError, match="--query-power"):
+        main(args + ["--restate-answers", "--query-power", "0.01"])
+
+
 def test_mqar_table_keeps_the_learning_rate_with_the_best_validation_accuracy(tmp_path):
     """``--lr A B``: every cell at each rate, in folders of their own (the default rate's runs keep theirs); the table
     keeps per model the rate whose mean validation accuracy is best, chosen without the test accuracy, and lists the
@@ -115,7 +156,8 @@ def test_mqar_table_keeps_the_learning_rate_with_the_best_validation_accuracy(tm
             d.joinpath("results.json").write_text(json.dumps({
                 "task": "mqar", "model": model, "seed": seed, "seq_len": 64, "num_pairs": 4, "width": 16,
                 "parameters": 10, "vocab_size": 64, "steps": 5, "batch_size": 2, "num_heads": 1,
-                "slstm_num_heads": 1, "restate_answers": False, "accuracy": test, "best_val_accuracy": val,
+                "slstm_num_heads": 1, "restate_answers": False, "query_power": 0.01, "accuracy": test,
+                "best_val_accuracy": val,
                 "steps_run": 5,
                 "optim": asdict(OptimSettings(lr=lr)), "history": [{"step": 5, "val_accuracy": val}]}))
 

@@ -240,3 +240,99 @@ def test_mqar_accuracy_by_query_rank():
     assert accuracy_by_query_rank(_LookupModel(4, 64, last_only=True), batches, 64, 4) == [0.0, 0.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="num_queries"):
         accuracy_by_query_rank(_LookupModel(4, 64), batches, 64, 3)
+
+
+@pytest.mark.parametrize("length", [2, 9, 40])
+def test_cycle_navigation_net_displacement(length):
+    task = get_task("cycle_navigation")
+    x, _ = task.sample(batch_generator(0, 0, length), 64, length)
+    expected = [abs(row.count(1) - row.count(2)) for row in x.tolist()]
+    assert task.diagnostic(x).tolist() == expected
+    assert get_task("parity").diagnostic(x) is None  # tasks without one
+
+
+class _CountingModel(torch.nn.Module):
+    """Cycle Navigation's shortcut: right only while the net displacement is at most ``up_to``."""
+
+    def __init__(self, up_to):
+        super().__init__()
+        self.up_to = up_to
+
+    def forward(self, x, return_state=True):
+        net = (x == 1).sum(1) - (x == 2).sum(1)  # (B,)
+        guess = torch.where(net.abs() <= self.up_to, net, net + 1) % 5
+        logits = torch.zeros(*x.shape, 5)
+        logits[:, -1] = torch.nn.functional.one_hot(guess, 5).float()
+        return logits, None
+
+
+def test_accuracy_by_group_separates_the_counting_shortcut():
+    from xlstm_torch.experiments.runner import accuracy_by_group
+
+    task = get_task("cycle_navigation")
+    batches = [task.sample(batch_generator(0, 2, j), 64, 64) for j in range(4)]
+    values = [task.diagnostic(x) for x, _ in batches]
+    groups = accuracy_by_group(_CountingModel(5), batches, 5, values, task.diagnostic_edges)
+    assert sum(g["count"] for g in groups.values()) == 256
+    assert groups["0-2"]["accuracy"] == groups["3-5"]["accuracy"] == 1.0
+    assert all(groups[k]["accuracy"] == 0.0 for k in groups if k not in ("0-2", "3-5"))
+    assert set(groups) <= {"0-2", "3-5", "6-8", "9-12", "13-18", "19-30", "31+"} and "6-8" in groups
+    long = [task.sample(batch_generator(0, 3, 0), 8, 8)]
+    flat = [(x, torch.where(t == IGNORE, 0, t)) for x, t in long]  # every position scored
+    with pytest.raises(ValueError, match="one scored position"):
+        accuracy_by_group(_CountingModel(5), flat, 5, [task.diagnostic(long[0][0])], task.diagnostic_edges)
+
+
+@pytest.mark.parametrize("query_power", [0.01, 1.0, 3.0])
+def test_mqar_query_power_layout(query_power):
+    """Every query position law keeps the layout: each key queried once in the slots after the context, scored
+    against its value, filler after it; Zoology's power law asks key j at its j-th draw."""
+    task = MQARTask(64, 4, vocab_size=64, query_power=query_power)
+    x, y = task.sample(batch_generator(0, 0, 1), 64)
+    assert task.query_power == query_power
+    for row, t in zip(x.tolist(), y.tolist()):
+        memory = dict(zip(row[0:8:2], row[1:8:2]))
+        queried = [(p, row[p]) for p in range(8, 64) if t[p] != IGNORE]
+        assert sorted(k for _, k in queried) == sorted(memory) and all(p % 2 == 0 for p, _ in queried)
+        assert all(t[p] == memory[k] and row[p + 1] == 0 for p, k in queried)
+
+
+def test_mqar_power_law_slots_follow_the_weights():
+    """The first key's slot is the first draw: P(slot s) = s^(a-1) / sum; checked on 4,000 rows within 5 standard
+    errors, for Zoology's a = 0.01 (most mass on the first slots) and a = 3 (on the last)."""
+    for power in (0.01, 3.0):
+        task = MQARTask(64, 4, vocab_size=64, query_power=power)
+        slots = (64 - 8) // 2
+        x, y = task.sample(batch_generator(1, 0, 0), 4000)
+        first_key = x[:, 0]
+        pos = (x[:, 8:] == first_key[:, None]).float().argmax(1)  # offset of its query after the context
+        slot = pos // 2 + 1  # 1-based slot
+        w = torch.arange(1, slots + 1, dtype=torch.float64) ** (power - 1)
+        p = w / w.sum()
+        for s in (1, 2, 5, slots):
+            freq = float((slot == s).double().mean())
+            se = float((p[s - 1] * (1 - p[s - 1]) / 4000) ** 0.5)
+            assert abs(freq - float(p[s - 1])) <= 5 * se + 1e-3, (power, s, freq, float(p[s - 1]))
+
+
+def test_mqar_uniform_slots_are_the_earlier_draws():
+    """``query_power=1.0`` draws exactly what Zoology's layout drew before the power law became its default (uniform
+    slots, a random key each): the same generator calls in the same order, pinned here."""
+    x, y = MQARTask(16, 2, vocab_size=16, query_power=1.0).sample(batch_generator(0, 0, 0), 2)
+    g = batch_generator(0, 0, 0)
+    keys = torch.rand(2, 7, generator=g).argsort(1)[:, :2] + 1
+    values = torch.rand(2, 8, generator=g).argsort(1)[:, :2] + 8
+    offset = torch.rand(2, 6, generator=g).argsort(1)[:, :2] * 2 + 4
+    order = torch.rand(2, 2, generator=g).argsort(1)
+    rows = torch.arange(2)[:, None]
+    assert torch.equal(x[:, 0:4:2], keys) and torch.equal(x[:, 1:4:2], values)
+    assert torch.equal(x[rows, offset], keys.gather(1, order)) and torch.equal(y[rows, offset], values.gather(1, order))
+
+
+def test_mqar_query_power_bad_values_are_named():
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "0.01"):
+        with pytest.raises(ValueError, match="query_power"):
+            MQARTask(64, 4, query_power=bad)
+    with pytest.raises(ValueError, match="query_power"):  # the earlier layout had uniform positions only
+        MQARTask(64, 4, restate_answers=True, query_power=0.01)
+    assert MQARTask(64, 4, restate_answers=True).query_power == 1.0 and MQARTask(64, 4).query_power == 0.01

@@ -17,6 +17,9 @@ import time
 
 RESTATE_HELP = ("the layout this project used until 2026-11-27: each query followed by its value in the input (the last "
                 "query then answerable by elimination); default: Zoology's, the value only as the target")
+QUERY_POWER_HELP = ("where the queries go: slot weights slot^(a-1) (default: Zoology's a = 0.01, most queries soon after "
+                    "the context; 1.0: uniform, this project's MQAR runs until 2026-11-27 and the only choice with "
+                    "--restate-answers)")
 
 
 def register(subparsers) -> None:
@@ -63,6 +66,7 @@ def register(subparsers) -> None:
     p.add_argument("--heads", type=int, default=MQAR_HEADS, help="mLSTM / attention heads (default %(default)s)")
     p.add_argument("--slstm-heads", type=int, default=MQAR_HEADS, help="sLSTM heads (default %(default)s)")
     p.add_argument("--restate-answers", action="store_true", help=RESTATE_HELP)
+    p.add_argument("--query-power", type=float, default=None, help=QUERY_POWER_HELP)
     p.set_defaults(func=_mqar)
 
     p = sub.add_parser("lm", help="one language-modelling run on the embedded corpus (bits per byte)")
@@ -93,6 +97,7 @@ def register(subparsers) -> None:
     p.add_argument("--heads", type=int, default=MQAR_HEADS,
                    help="mqar: heads of every mLSTM, sLSTM and attention layer (default %(default)s)")
     p.add_argument("--restate-answers", action="store_true", help="mqar: " + RESTATE_HELP)
+    p.add_argument("--query-power", type=float, default=None, help="mqar: " + QUERY_POWER_HELP)
     p.add_argument("--curriculum", type=float, default=FORMAL_CURRICULUM,
                    help="formal: length curriculum fraction (0: none; default %(default)s)")
     p.set_defaults(func=_table)
@@ -140,7 +145,7 @@ def _mqar(args) -> int:
     result = run_mqar(args.model, seq_len=args.seq_len, num_pairs=args.num_pairs, width=args.width, steps=args.steps,
                       seed=args.seed, batch_size=args.batch_size, vocab_size=args.vocab_size,
                       num_heads=args.heads, slstm_num_heads=args.slstm_heads, settings=OptimSettings(lr=args.lr),
-                      restate_answers=args.restate_answers,
+                      restate_answers=args.restate_answers, query_power=args.query_power,
                       eval_every=max(1, min(250, args.steps)), log=lambda s: print(s, file=sys.stderr))
     result["wall_seconds"] = round(time.time() - start, 1)
     return _finish(result, args.out or f"runs/experiments/mqar/{args.model}/seed{args.seed}")

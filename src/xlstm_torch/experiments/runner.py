@@ -27,8 +27,8 @@ from xlstm_torch.training.optim import build_optimizer, lr_at
 from .tasks import IGNORE, MQARTask, batch_generator, get_task, mixed_length_batch, rescaled
 from .zoo import build_matched, count_parameters
 
-__all__ = ["OptimSettings", "accuracy_by_query_rank", "fit", "run_formal", "run_mqar", "TEST_LENGTHS", "FORMAL_LR",
-           "FORMAL_CURRICULUM", "MQAR_HEADS", "MQAR_LR", "MQAR_VOCAB", "write_json"]
+__all__ = ["OptimSettings", "accuracy_by_group", "accuracy_by_query_rank", "fit", "run_formal", "run_mqar",
+           "TEST_LENGTHS", "FORMAL_LR", "FORMAL_CURRICULUM", "MQAR_HEADS", "MQAR_LR", "MQAR_VOCAB", "write_json"]
 
 # Test lengths of the length-generalisation protocol: 40..256 on a grid (evaluating all 217 lengths would
 # cost as much as training on this CPU); the rescaled accuracy averages those above 40.
@@ -81,6 +81,32 @@ def accuracy(model, batches, num_classes) -> float:
         total += answers.numel()
     model.train()
     return right / max(total, 1)
+
+
+@torch.no_grad()
+def accuracy_by_group(model, batches, num_classes, values: list[torch.Tensor], edges: tuple[int, ...]) -> dict:
+    """Accuracy of one-answer-per-row test batches grouped by a per-row value (``values[j]`` (B_j,) for batch j):
+    group ``"a-b"`` holds a <= value <= b for consecutive lower edges a, b + 1 (the last ``"a+"``), with its
+    accuracy and count (``FormalTask.diagnostic``)."""
+    model.eval()
+    right, seen = [], []
+    for (inputs, targets), v in zip(batches, values, strict=True):
+        if not bool(((targets != IGNORE).sum(1) == 1).all()):
+            raise ValueError("accuracy_by_group needs exactly one scored position per row")
+        logits, answers = _scored(model, inputs, targets, num_classes)  # one per row, in row order
+        right.append(logits.argmax(-1) == answers)
+        seen.append(v)
+    model.train()
+    right, seen = torch.cat(right), torch.cat(seen)
+    groups = {}
+    for j, lo in enumerate(edges):
+        hi = edges[j + 1] - 1 if j + 1 < len(edges) else None
+        sel = (seen >= lo) if hi is None else (seen >= lo) & (seen <= hi)
+        n = int(sel.sum())
+        if n:
+            groups[f"{lo}+" if hi is None else f"{lo}-{hi}"] = {"accuracy": float(right[sel].float().mean()),
+                                                                 "count": n}
+    return groups
 
 
 @torch.no_grad()
@@ -180,30 +206,35 @@ def run_formal(task_name: str, model_name: str, *, steps: int = 2000, seed: int 
     val_batches = [sample(j, stream=1) for j in range(8)]
     result = fit(model, sample, val_batches, task.num_classes, steps=steps, settings=settings,
                  eval_every=eval_every, stop_accuracy=1.0, log=log)
-    by_length = {}
+    by_length, by_diagnostic = {}, {}
     for length in test_lengths:
         per_batch = 64 if length <= 128 else 32
         batches = [task.sample(batch_generator(seed, 2 + length, j), per_batch, length)
                    for j in range(math.ceil(test_examples / per_batch))]
         by_length[length] = accuracy(model, batches, task.num_classes)
+        values = [task.diagnostic(inputs) for inputs, _ in batches]
+        if values[0] is not None:
+            by_diagnostic[length] = accuracy_by_group(model, batches, task.num_classes, values,
+                                                      task.diagnostic_edges)
+    extra = {f"accuracy_by_length_and_{task.diagnostic_name}": by_diagnostic} if by_diagnostic else {}
     scored = [rescaled(acc, task.chance(n)) for n, acc in by_length.items() if n > hi]
     return {"task": task_name, "model": model_name, "seed": seed, "parameters": count_parameters(model),
             "width": model_width, "num_blocks": num_blocks, "batch_size": batch_size, "steps": steps,
             "train_lengths": list(train_lengths), "curriculum": curriculum,
             "mixed_lengths": mixed_lengths, "accuracy_by_length": by_length,
             "rescaled_by_length": {n: rescaled(a, task.chance(n)) for n, a in by_length.items()},
-            "rescaled_accuracy": sum(scored) / len(scored), "optim": asdict(settings), **result}
+            "rescaled_accuracy": sum(scored) / len(scored), **extra, "optim": asdict(settings), **result}
 
 
 def run_mqar(model_name: str, *, seq_len: int = 64, num_pairs: int = 4, width: int = 64, steps: int = 2000,
              seed: int = 0, batch_size: int = 64, vocab_size: int = MQAR_VOCAB, num_blocks: int = 2,
              num_heads: int = MQAR_HEADS, slstm_num_heads: int = MQAR_HEADS, test_examples: int = 512,
              eval_every: int = 250, settings: OptimSettings | None = None, restate_answers: bool = False,
-             log=None) -> dict:
+             query_power: float | None = None, log=None) -> dict:
     """One MQAR run at model width ``width`` (Zoology compares models at equal width), fresh training data every
     step (no fixed 100k-example training set), ``test_examples`` held-out examples. ``restate_answers``: the
-    earlier layout of ``tasks.MQARTask``."""
-    task = MQARTask(seq_len, num_pairs, vocab_size, restate_answers=restate_answers)
+    earlier layout of ``tasks.MQARTask``; ``query_power``: where its queries go (None: the layout's own)."""
+    task = MQARTask(seq_len, num_pairs, vocab_size, restate_answers=restate_answers, query_power=query_power)
     settings = settings or OptimSettings()
     torch.manual_seed(seed)
     from .zoo import build
@@ -223,6 +254,7 @@ def run_mqar(model_name: str, *, seq_len: int = 64, num_pairs: int = 4, width: i
             "width": width, "parameters": count_parameters(model), "vocab_size": vocab_size, "steps": steps,
             "batch_size": batch_size, "num_blocks": num_blocks, "num_heads": num_heads,
             "slstm_num_heads": slstm_num_heads, "restate_answers": restate_answers,
+            "query_power": task.query_power,
             "accuracy": sum(by_rank) / len(by_rank),
             "accuracy_by_query_rank": by_rank,
             "optim": asdict(settings), **result}

@@ -64,6 +64,7 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
         vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
         tag = _mqar_tag(args)
         restate = bool(getattr(args, "restate_answers", False))
+        power = _query_power(args)
         heads = getattr(args, "heads", None) or MQAR_HEADS
         lrs = getattr(args, "lr", None) or [MQAR_LR]
         lrs = list(dict.fromkeys([lrs] if isinstance(lrs, float) else lrs))  # a rate given twice runs once
@@ -77,7 +78,8 @@ def _cells(name: str, args) -> list[tuple[str, dict, str]]:
                             kw = dict(model_name=model, seq_len=seq_len, num_pairs=pairs, width=width, seed=seed,
                                       steps=args.steps or 1500, batch_size=getattr(args, "batch_size", None) or 64,
                                       vocab_size=vocab, num_heads=heads, slstm_num_heads=heads,
-                                      settings=OptimSettings(lr=lr), restate_answers=restate)
+                                      settings=OptimSettings(lr=lr), restate_answers=restate,
+                                      query_power=power)
                             cells.append(("mqar", kw, f"L{seq_len}_kv{pairs}{tag}/d{width}/{model}{_lr_tag(lr)}/seed{seed}"))
     else:
         for model in args.models or LM_MODELS:
@@ -123,13 +125,35 @@ def _best_lr(results: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, rows
 
 
+def _query_power(args) -> float:
+    """The MQAR query-position power of a sweep: the one given, else the layout's own (``tasks.MQARTask``)."""
+    from .tasks import MQAR_QUERY_POWER
+
+    given = getattr(args, "query_power", None)
+    restated = bool(getattr(args, "restate_answers", False))
+    if given is None:
+        return 1.0 if restated else MQAR_QUERY_POWER
+    if restated and given != 1.0:  # before any cell starts, not as a failed cell each
+        raise ValueError(f"--query-power must be 1 (uniform) with --restate-answers, the earlier layout; got {given!r}")
+    return float(given)
+
+
 def _mqar_tag(args) -> str:
-    """A reduced MQAR vocabulary or the layout with restated answers (``tasks.MQARTask``) is a different task: its
-    runs, table and plot get their own names ("_V256", "_V256_restated"); Zoology's task keeps the plain ones."""
+    """A reduced MQAR vocabulary, the layout with restated answers or query positions other than Zoology's power law
+    (``tasks.MQARTask``) make a different task: its runs, table and plot get their own names ("_V256",
+    "_V256_restated", "_V256_uniform", "_V256_power0.5"); Zoology's task keeps the plain ones. The restated layout
+    has uniform positions only, and its name says so."""
     from .runner import MQAR_VOCAB
+    from .tasks import MQAR_QUERY_POWER
 
     vocab = getattr(args, "vocab_size", None) or MQAR_VOCAB
-    return ("" if vocab == MQAR_VOCAB else f"_V{vocab}") + ("_restated" if getattr(args, "restate_answers", False) else "")
+    restated = bool(getattr(args, "restate_answers", False))
+    power = _query_power(args)
+    if restated or power == MQAR_QUERY_POWER:
+        where = ""
+    else:
+        where = "_uniform" if power == 1.0 else f"_power{power!r}"
+    return ("" if vocab == MQAR_VOCAB else f"_V{vocab}") + ("_restated" if restated else "") + where
 
 
 def run_table(name: str, args, log=print) -> Path:
@@ -170,8 +194,9 @@ def run_table(name: str, args, log=print) -> Path:
     return path
 
 
-# What a result written before a field was recorded was run with: MQAR runs before "restate_answers" used that layout.
-_BEFORE_RECORDED = {"restate_answers": True}
+# What a result written before a field was recorded was run with: MQAR runs before "restate_answers" used that layout,
+# and every MQAR run before "query_power" had uniform query positions.
+_BEFORE_RECORDED = {"restate_answers": True, "query_power": 1.0}
 
 
 def _recorded(result: dict) -> dict:
@@ -304,7 +329,9 @@ def _mqar_table(results, out: Path, stem: str) -> str:
         ax.legend(fontsize=6)
         fig.savefig(out / f"{stem}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-    layout = "answers restated after the queries" if restated else "Zoology's layout"
+    powers = sorted({_recorded(r)["query_power"] for r in results})
+    where = ", ".join("uniform" if a == 1.0 else f"power law a = {a:g}" for a in powers)
+    layout = ("answers restated after the queries" if restated else "Zoology's layout") + f"; query positions {where}"
     return (f"MQAR accuracy at the answer positions ({layout}; vocabulary {', '.join(map(str, vocabs))}"
             + (f"; heads per layer {', '.join(map(str, heads))}" if heads else "") + "), mean ± half-range over seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
             + "\n\nSteps run (early stop at validation accuracy 1.0): "

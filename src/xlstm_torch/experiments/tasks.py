@@ -25,10 +25,13 @@ import random
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IGNORE", "FormalTask", "FORMAL_TASKS", "get_task", "mixed_length_batch", "MQARTask", "batch_generator",
-           "rescaled"]
+__all__ = ["IGNORE", "FormalTask", "FORMAL_TASKS", "get_task", "mixed_length_batch", "MQARTask", "MQAR_QUERY_POWER",
+           "batch_generator", "rescaled"]
 
 IGNORE = -100
+
+# Zoology's power_a for the MQAR query positions (``MQARTask``): its MQAR configs draw the slots with weights ~1 / slot.
+MQAR_QUERY_POWER = 0.01
 
 
 def batch_generator(seed: int, stream: int, index: int) -> torch.Generator:
@@ -73,6 +76,16 @@ class FormalTask:
     def _sample(self, g, batch, length):
         raise NotImplementedError
 
+    def diagnostic(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """A per-string quantity (B,) of one-length test strings (B, S) that a shortcut solution would fail on
+        beyond the values frequent in training; ``run_formal`` groups test accuracy by it
+        (``diagnostic_edges``). None: the task has none."""
+        return None
+
+    # Lower edges of the groups of ``diagnostic`` values (the last group is open above).
+    diagnostic_name: str = ""
+    diagnostic_edges: tuple[int, ...] = ()
+
     @staticmethod
     def _last(inputs: torch.Tensor, answers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         targets = torch.full_like(inputs, IGNORE)
@@ -108,8 +121,20 @@ class CycleNavigation(FormalTask):
 
     def _sample(self, g, batch, length):
         x = torch.randint(0, 3, (batch, length), generator=g)
-        step = torch.tensor([0, 1, -1])[x]  # (B, L)
-        return self._last(x, step.sum(1) % 5)
+        return self._last(x, self._net(x) % 5)
+
+    @staticmethod
+    def _net(x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0, 1, -1])[x].sum(1)  # (B,) steps +1 minus steps -1
+
+    # The net displacement |#(+1) - #(-1)|: a model that counts steps on a line and looks the count up, instead of
+    # tracking the position on the cycle, is right only for the counts frequent at the training lengths (about
+    # +-sqrt(2 L / 3): 5 at L = 40).
+    diagnostic_name = "net_displacement"
+    diagnostic_edges = (0, 3, 6, 9, 13, 19, 31)
+
+    def diagnostic(self, inputs):
+        return self._net(inputs).abs()
 
 
 # Modular arithmetic tokens: digits 0-4 are themselves, then the operators and brackets.
@@ -302,16 +327,22 @@ def mixed_length_batch(task: FormalTask, generator: torch.Generator, batch: int,
 class MQARTask:
     """Multi-Query Associative Recall in Zoology's layout: ``num_pairs`` key-value pairs k1 v1 ... kn vn (distinct
     keys from the lower half of the vocabulary, distinct values from the upper half, token 0 the filler); later,
-    every key appears once more at a random even offset, and the prediction at that position is scored against its
-    value. The value is not in the input after the query, so every query needs recall. Zoology spaces the queries
-    by a power law; here the offsets are uniform.
+    every key appears once more at an even offset, and the prediction at that position is scored against its
+    value. The value is not in the input after the query, so every query needs recall.
+
+    Where the queries go: the (S - 2n) / 2 even offsets after the context are slots 1, 2, ...; the slot of key j is
+    the j-th draw without replacement with weights slot^(a - 1), a = ``query_power`` (Zoology's ``power_a``, 0.01 in
+    its MQAR configs: about 1 / slot, so most queries sit soon after the context and the first keys tend to be
+    asked first). ``query_power=1.0``: uniform slots, each queried by a random key, as this project drew them until
+    2026-11-27 (the same draws as then).
 
     ``restate_answers=True``: the layout this project used before (until 2026-11-27), kept so that the runs made with
-    it can be reproduced: each query is followed by its value in the input, and values are drawn with replacement.
-    The last query of a row can then be answered by elimination (the one value of the context not yet restated),
-    a shortcut that Zoology's layout does not offer."""
+    it can be reproduced: each query is followed by its value in the input, values are drawn with replacement and
+    the slots are uniform. The last query of a row can then be answered by elimination (the one value of the
+    context not yet restated), a shortcut that Zoology's layout does not offer."""
 
-    def __init__(self, seq_len: int, num_pairs: int, vocab_size: int = 8192, restate_answers: bool = False) -> None:
+    def __init__(self, seq_len: int, num_pairs: int, vocab_size: int = 8192, restate_answers: bool = False,
+                 query_power: float | None = None) -> None:
         if not isinstance(num_pairs, int) or num_pairs < 1:
             raise ValueError(f"num_pairs must be a positive int, got {num_pairs!r}")
         if not isinstance(seq_len, int) or seq_len < 4 * num_pairs:
@@ -320,8 +351,15 @@ class MQARTask:
             raise ValueError(f"vocab_size {vocab_size!r} too small for {num_pairs} distinct keys")
         if not isinstance(restate_answers, bool):
             raise TypeError(f"restate_answers must be a bool, got {restate_answers!r}")
+        if query_power is None:
+            query_power = 1.0 if restate_answers else MQAR_QUERY_POWER
+        if isinstance(query_power, bool) or not isinstance(query_power, (int, float)) or not 0 < query_power < math.inf:
+            raise ValueError(f"query_power must be a positive number, got {query_power!r}")
+        if restate_answers and query_power != 1.0:
+            raise ValueError(f"query_power must be 1.0 (uniform) with restate_answers=True, the earlier layout; got "
+                             f"{query_power!r}")
         self.seq_len, self.num_pairs, self.vocab_size = seq_len, num_pairs, vocab_size
-        self.restate_answers = restate_answers
+        self.restate_answers, self.query_power = restate_answers, float(query_power)
         self.num_classes = vocab_size
 
     def chance(self, length: int | None = None) -> float:
@@ -341,8 +379,16 @@ class MQARTask:
         # query slots: n distinct even offsets after the context (the odd offset after each stays filler, or holds
         # the restated value)
         slots = (S - 2 * n) // 2
-        offset = torch.rand(batch, slots, generator=g).argsort(1)[:, :n] * 2 + 2 * n  # (B, n)
-        order = torch.rand(batch, n, generator=g).argsort(1)  # which pair each slot queries
+        if self.query_power == 1.0:
+            offset = torch.rand(batch, slots, generator=g).argsort(1)[:, :n] * 2 + 2 * n  # (B, n)
+            order = torch.rand(batch, n, generator=g).argsort(1)  # which pair each slot queries
+        else:
+            # Gumbel top-k: the k-th largest of log(weight) + Gumbel noise is distributed as the k-th of successive
+            # draws without replacement, which is how Zoology draws them (numpy's choice, replace=False, p=weights)
+            log_weight = (self.query_power - 1.0) * torch.arange(1, slots + 1, dtype=torch.float64).log()
+            u = torch.rand(batch, slots, generator=g, dtype=torch.float64).clamp_min(torch.finfo(torch.float64).tiny)
+            offset = (log_weight - (-u.log()).log()).topk(n, dim=1).indices * 2 + 2 * n  # (B, n): key j's query
+            order = torch.arange(n).expand(batch, n)
         rows = torch.arange(batch)[:, None]
         inputs[rows, offset] = keys.gather(1, order)
         if self.restate_answers:
