@@ -126,16 +126,12 @@ def _best_lr(results: list[dict]) -> tuple[list[dict], list[str]]:
 
 
 def _query_power(args) -> float:
-    """The MQAR query-position power of a sweep: the one given, else the layout's own (``tasks.MQARTask``)."""
-    from .tasks import MQAR_QUERY_POWER
+    """The MQAR query-position power of a sweep (``tasks.mqar_query_power``), checked before any cell starts rather
+    than failing in each."""
+    from .tasks import mqar_query_power
 
-    given = getattr(args, "query_power", None)
-    restated = bool(getattr(args, "restate_answers", False))
-    if given is None:
-        return 1.0 if restated else MQAR_QUERY_POWER
-    if restated and given != 1.0:  # before any cell starts, not as a failed cell each
-        raise ValueError(f"--query-power must be 1 (uniform) with --restate-answers, the earlier layout; got {given!r}")
-    return float(given)
+    return mqar_query_power(getattr(args, "query_power", None), bool(getattr(args, "restate_answers", False)),
+                            name="--query-power")
 
 
 def _mqar_tag(args) -> str:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["IGNORE", "FormalTask", "FORMAL_TASKS", "get_task", "mixed_length_batch", "MQARTask", "MQAR_QUERY_POWER",
-           "batch_generator", "rescaled"]
+           "mqar_query_power", "batch_generator", "rescaled"]
 
 IGNORE = -100
 
@@ -324,6 +324,18 @@ def mixed_length_batch(task: FormalTask, generator: torch.Generator, batch: int,
     return inputs, targets  # (B, S_max) each
 
 
+def mqar_query_power(query_power: float | None, restate_answers: bool = False, name: str = "query_power") -> float:
+    """The query-position power ``MQARTask`` uses: ``query_power``, or None for the layout's own (Zoology's power
+    law; uniform, 1.0, for the restated layout, which has no other). ``name``: the argument named in errors."""
+    if query_power is None:
+        return 1.0 if restate_answers else MQAR_QUERY_POWER
+    if isinstance(query_power, bool) or not isinstance(query_power, (int, float)) or not 0 < query_power < math.inf:
+        raise ValueError(f"{name} must be a positive number, got {query_power!r}")
+    if restate_answers and query_power != 1.0:
+        raise ValueError(f"{name} must be 1.0 (uniform) with the restated layout (restate_answers), got {query_power!r}")
+    return float(query_power)
+
+
 class MQARTask:
     """Multi-Query Associative Recall in Zoology's layout: ``num_pairs`` key-value pairs k1 v1 ... kn vn (distinct
     keys from the lower half of the vocabulary, distinct values from the upper half, token 0 the filler); later,
@@ -351,15 +363,8 @@ class MQARTask:
             raise ValueError(f"vocab_size {vocab_size!r} too small for {num_pairs} distinct keys")
         if not isinstance(restate_answers, bool):
             raise TypeError(f"restate_answers must be a bool, got {restate_answers!r}")
-        if query_power is None:
-            query_power = 1.0 if restate_answers else MQAR_QUERY_POWER
-        if isinstance(query_power, bool) or not isinstance(query_power, (int, float)) or not 0 < query_power < math.inf:
-            raise ValueError(f"query_power must be a positive number, got {query_power!r}")
-        if restate_answers and query_power != 1.0:
-            raise ValueError(f"query_power must be 1.0 (uniform) with restate_answers=True, the earlier layout; got "
-                             f"{query_power!r}")
         self.seq_len, self.num_pairs, self.vocab_size = seq_len, num_pairs, vocab_size
-        self.restate_answers, self.query_power = restate_answers, float(query_power)
+        self.restate_answers, self.query_power = restate_answers, mqar_query_power(query_power, restate_answers)
         self.num_classes = vocab_size
 
     def chance(self, length: int | None = None) -> float:
