@@ -7,6 +7,7 @@ import torch
 
 from xlstm_torch.experiments.tasks import (ARITH_SYMBOLS, FORMAL_TASKS, IGNORE, MQARTask, batch_generator, get_task,
                                            mixed_length_batch, rescaled)
+from xlstm_torch.models.base import keep_positions
 
 
 def _examples(name, length, n=64, seed=0):
@@ -220,7 +221,7 @@ class _LookupModel(torch.nn.Module):
         super().__init__()
         self.num_pairs, self.vocab_size, self.last_only = num_pairs, vocab_size, last_only
 
-    def forward(self, inputs, return_state=False):
+    def forward(self, inputs, return_state=False, logits_to_keep=None):
         B, S = inputs.shape
         answer = torch.zeros(B, S, dtype=torch.long)
         for b, row in enumerate(inputs.tolist()):
@@ -228,7 +229,7 @@ class _LookupModel(torch.nn.Module):
             queried = [p for p in range(2 * self.num_pairs, S) if row[p] in memory and p % 2 == 0]
             for p in queried[-1:] if self.last_only else queried:
                 answer[b, p] = memory[row[p]]
-        return torch.nn.functional.one_hot(answer, self.vocab_size).float(), None
+        return keep_positions(torch.nn.functional.one_hot(answer, self.vocab_size).float(), logits_to_keep), None
 
 
 def test_mqar_accuracy_by_query_rank():
@@ -258,12 +259,12 @@ class _CountingModel(torch.nn.Module):
         super().__init__()
         self.up_to = up_to
 
-    def forward(self, x, return_state=True):
+    def forward(self, x, return_state=True, logits_to_keep=None):
         net = (x == 1).sum(1) - (x == 2).sum(1)  # (B,)
         guess = torch.where(net.abs() <= self.up_to, net, net + 1) % 5
         logits = torch.zeros(*x.shape, 5)
         logits[:, -1] = torch.nn.functional.one_hot(guess, 5).float()
-        return logits, None
+        return keep_positions(logits, logits_to_keep), None
 
 
 def test_accuracy_by_group_separates_the_counting_shortcut():

@@ -15,7 +15,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from xlstm_torch.models.base import LanguageModel, register_model
+from xlstm_torch.models.base import LanguageModel, keep_positions, register_model
 from xlstm_torch.models.config import _Config
 from xlstm_torch.ops._packing import check_cu_seqlens
 
@@ -80,7 +80,8 @@ class LSTMLanguageModel(LanguageModel):
         self.out_norm.reset_parameters()
 
     def forward(self, input_ids: torch.Tensor, state: LSTMState | None = None,
-                cu_seqlens: torch.Tensor | None = None, *, return_state: bool = True):
+                cu_seqlens: torch.Tensor | None = None, *, return_state: bool = True,
+                logits_to_keep: int | torch.Tensor | None = None):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError("input_ids must be an int64 (or int32) tensor")
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
@@ -97,7 +98,7 @@ class LSTMLanguageModel(LanguageModel):
             out, _ = self.lstm(packed)
             padded, lengths = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)  # (docs, max l, D)
             y = torch.cat([padded[d, :n] for d, n in enumerate(lengths.tolist())])[None]  # (1, S, D)
-            return self.lm_head(self.out_norm(y)), None
+            return self.lm_head(self.out_norm(keep_positions(y, logits_to_keep))), None
         y, (h, c) = self.lstm(x, None if state is None else (state.h, state.c))  # (B, S, D)
-        logits = self.lm_head(self.out_norm(y))  # (B, S, V)
+        logits = self.lm_head(self.out_norm(keep_positions(y, logits_to_keep)))  # (B, S, V) or as kept
         return logits, (LSTMState(h, c) if return_state else None)

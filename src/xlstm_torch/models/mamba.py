@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlstm_torch.models.base import LanguageModel, register_model
+from xlstm_torch.models.base import LanguageModel, keep_positions, register_model
 from xlstm_torch.models.config import _Config
 from xlstm_torch.models.transformer import RMSNorm
 
@@ -229,7 +229,8 @@ class MambaLanguageModel(LanguageModel):
         self.out_norm.weight.fill_(1.0)
 
     def forward(self, input_ids: torch.Tensor, state: MambaState | None = None,
-                cu_seqlens: torch.Tensor | None = None, *, return_state: bool = True):
+                cu_seqlens: torch.Tensor | None = None, *, return_state: bool = True,
+                logits_to_keep: int | torch.Tensor | None = None):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError("input_ids must be an int64 (or int32) tensor")
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
@@ -244,5 +245,5 @@ class MambaLanguageModel(LanguageModel):
         for j, block in enumerate(self.blocks):
             x, s = block(x, None if state is None else state.blocks[j])
             states.append(s)
-        logits = self.lm_head(self.out_norm(x))  # (B, S, V)
+        logits = self.lm_head(self.out_norm(keep_positions(x, logits_to_keep)))  # (B, S, V) or as kept
         return logits, (MambaState(tuple(states)) if return_state else None)

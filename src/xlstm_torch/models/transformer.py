@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlstm_torch.models.base import LanguageModel, register_model
+from xlstm_torch.models.base import LanguageModel, keep_positions, register_model
 from xlstm_torch.ops._packing import check_cu_seqlens, document_ids, positions_in_document
 
 
@@ -303,7 +303,7 @@ class Transformer(LanguageModel):
 
     def forward(
         self, input_ids: torch.Tensor, state: TransformerState | None = None, cu_seqlens: torch.Tensor | None = None,
-        *, return_state: bool = True,
+        *, return_state: bool = True, logits_to_keep: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, TransformerState | None]:
         """input_ids (B, S) integer -> logits (B, S, V) and the cache holding T + S tokens.
 
@@ -333,5 +333,5 @@ class Transformer(LanguageModel):
         for i, block in enumerate(self.blocks):
             x, cache = block(x, None if state is None else state.blocks[i], cu_seqlens)
             caches.append(cache)
-        logits = self.lm_head(self.out_norm(x))  # (B, S, V)
+        logits = self.lm_head(self.out_norm(keep_positions(x, logits_to_keep)))  # (B, S, V) or as kept
         return logits, (None if cu_seqlens is not None or not return_state else TransformerState(tuple(caches)))

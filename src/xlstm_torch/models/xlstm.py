@@ -18,7 +18,7 @@ from torch import nn
 from xlstm_torch.nn import LayerNorm, MLSTMBlock, SLSTMBlock
 from xlstm_torch.nn.init import small_init_
 
-from .base import LanguageModel, register_model
+from .base import LanguageModel, keep_positions, register_model
 from .config import XLSTMConfig
 from .state import ModelState, check_inputs, run_blocks
 
@@ -74,9 +74,10 @@ class XLSTMLanguageModel(LanguageModel):
             small_init_(self.lm_head.weight, self.config.embedding_dim)
 
     def forward(self, input_ids: torch.Tensor, state: ModelState | None = None, cu_seqlens: torch.Tensor | None = None,
-                *, return_state: bool = True) -> tuple[torch.Tensor, ModelState | None]:
+                *, return_state: bool = True, logits_to_keep: int | torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ModelState | None]:
         block_states = check_inputs(input_ids, state, len(self.blocks), cu_seqlens)
         x = self.embedding_dropout(self.embedding(input_ids))  # (B, S, D)
         x, state = run_blocks(self.blocks, x, block_states, cu_seqlens, return_state)  # (B, S, D)
-        logits = self.lm_head(self.out_norm(x))  # (B, S, V)
+        logits = self.lm_head(self.out_norm(keep_positions(x, logits_to_keep)))  # (B, S, V) or as kept
         return logits, state
