@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from xlstm_torch.models.base import LanguageModel, register_model
+from xlstm_torch.models.base import LanguageModel, keep_positions, register_model
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class TinyRNN(LanguageModel):
         # computed in __init__, not stored in checkpoints: load_pretrained must still get it right
         self.register_buffer("gain", torch.full((config.d_model,), 1.5), persistent=False)
 
-    def forward(self, input_ids, state=None):
+    def forward(self, input_ids, state=None, logits_to_keep=None):
         B, S = input_ids.shape
         h = torch.zeros(B, self.config.d_model) if state is None else state.h
         steps = torch.zeros(B, dtype=torch.long) if state is None else state.steps
@@ -57,7 +57,7 @@ class TinyRNN(LanguageModel):
         for t in range(S):
             h = torch.tanh(self.gain * x[:, t] + self.recurrent(h))
             outputs.append(h)
-        logits = self.head(torch.stack(outputs, dim=1))  # (B, S, V)
+        logits = self.head(keep_positions(torch.stack(outputs, dim=1), logits_to_keep))  # (B, S, V) or as kept
         return logits, RNNState(h, steps + S)
 
 
@@ -74,9 +74,9 @@ class CountingModel(LanguageModel):
         super().__init__()
         self.vocab_size = vocab_size
 
-    def forward(self, input_ids, state=None):
+    def forward(self, input_ids, state=None, logits_to_keep=None):
         logits = 10.0 * nn.functional.one_hot((input_ids + 1) % self.vocab_size, self.vocab_size).float()
-        return logits, CountingState(input_ids[:, -1])
+        return keep_positions(logits, logits_to_keep), CountingState(input_ids[:, -1])
 
 
 class FixedLogitsModel(LanguageModel):
@@ -88,13 +88,13 @@ class FixedLogitsModel(LanguageModel):
         super().__init__()
         self.logits = logits
 
-    def forward(self, input_ids, state=None):
+    def forward(self, input_ids, state=None, logits_to_keep=None):
         B, S = input_ids.shape
-        return self.logits.expand(B, S, -1).clone(), None
+        return keep_positions(self.logits.expand(B, S, -1), logits_to_keep).clone(), None
 
 
 class CallRecorder(LanguageModel):
-    """Wraps a model and records the shape of every input_ids it is called with."""
+    """Wraps a model and records the shape of every input_ids it is called with and of the logits returned."""
 
     model_type = "test-recorder"
 
@@ -103,7 +103,10 @@ class CallRecorder(LanguageModel):
         self.model = model
         self.supports_packed_states = model.supports_packed_states
         self.calls: list[tuple[int, ...]] = []
+        self.logits_shapes: list[tuple[int, ...]] = []  # of what each call returned
 
     def forward(self, input_ids, state=None, **kwargs):
         self.calls.append(tuple(input_ids.shape))
-        return self.model(input_ids, state, **kwargs)
+        logits, state = self.model(input_ids, state, **kwargs)
+        self.logits_shapes.append(tuple(logits.shape))
+        return logits, state

@@ -60,6 +60,7 @@ def test_prefill_once_then_one_token_per_call():
     model = CallRecorder(rnn())
     generate(model, torch.randint(0, 32, (2, 9)), 5, temperature=0)
     assert model.calls == [(2, 9)] + [(2, 1)] * 4  # the 5th token needs no further call
+    assert model.logits_shapes == [(2, 1, 32)] * 5  # the prefill's head runs at the last position only
 
 
 def test_zero_new_tokens_returns_the_prompt():
@@ -255,6 +256,7 @@ def test_xlstm_prefills_all_prompts_in_one_packed_call(name):
     prompts = random_prompts([3, 1, 5])
     generate(model, prompts, 4, temperature=0)
     assert model.calls == [(1, 9)] + [(3, 1)] * 3  # one packed prefill, then the batch token by token
+    assert model.logits_shapes[0] == (3, 32)  # the head at each prompt's last position only
     model.calls.clear()
     ids, mask = left_pad(prompts, pad_id=0)  # left padding: the same, the padding never fed
     generate(model, ids, 4, temperature=0, attention_mask=mask)

@@ -260,22 +260,27 @@ def _decode(model, prompts: list[torch.Tensor], max_new_tokens, *, greedy, tempe
 
 def _prefill(model, prompts: list[torch.Tensor]) -> tuple[torch.Tensor, list[_Group]]:
     """Run every prompt (1-D int64) through the model once; return the logits of each prompt's next
-    token (B, V) in float32 and the groups of rows that decode together (module docstring)."""
+    token (B, V) in float32 and the groups of rows that decode together (module docstring). The head runs at
+    each prompt's last position only (``logits_to_keep``): at a 50k vocabulary the logits of a whole prompt
+    would take more memory than the model's state."""
     B, lengths = len(prompts), [len(p) for p in prompts]
     rows = torch.arange(B, device=prompts[0].device)
     if len(set(lengths)) == 1:  # one plain batch
-        logits, state = model(torch.stack(prompts), state=None)  # (B, S, V)
+        logits, state = model(torch.stack(prompts), state=None, logits_to_keep=1)  # (B, 1, V)
         return logits[:, -1].float(), [_Group(rows, state)]
     if getattr(model, "supports_packed_states", False):  # one packed row, one state row per prompt
         cu_seqlens = torch.tensor([0, *lengths], device=prompts[0].device).cumsum(0)
-        logits, state = model(torch.cat(prompts)[None], state=None, cu_seqlens=cu_seqlens)  # (1, ΣS, V)
-        return logits[0, cu_seqlens[1:] - 1].float(), [_Group(rows, state)]
+        last = torch.zeros(1, int(cu_seqlens[-1]), dtype=torch.bool, device=cu_seqlens.device)
+        last[0, cu_seqlens[1:] - 1] = True  # each prompt's last position
+        logits, state = model(torch.cat(prompts)[None], state=None, cu_seqlens=cu_seqlens, logits_to_keep=last)
+        return logits.float(), [_Group(rows, state)]  # (B, V)
     next_logits: torch.Tensor | None = None  # (B, V)
     groups = []
     by_length = torch.tensor(lengths, device=rows.device)
     for length in sorted(set(lengths), reverse=True):  # one call per distinct prompt length
         group = (by_length == length).nonzero().flatten()
-        logits, state = model(torch.stack([prompts[b] for b in group.tolist()]), state=None)  # (G, length, V)
+        logits, state = model(torch.stack([prompts[b] for b in group.tolist()]), state=None,
+                               logits_to_keep=1)  # (G, 1, V)
         if next_logits is None:
             next_logits = torch.empty(B, logits.shape[-1], device=logits.device, dtype=torch.float32)
         next_logits[group] = logits[:, -1].float()
