@@ -261,8 +261,8 @@ def _decode(model, prompts: list[torch.Tensor], max_new_tokens, *, greedy, tempe
 def _prefill(model, prompts: list[torch.Tensor]) -> tuple[torch.Tensor, list[_Group]]:
     """Run every prompt (1-D int64) through the model once; return the logits of each prompt's next
     token (B, V) in float32 and the groups of rows that decode together (module docstring). The head runs at
-    each prompt's last position only (``logits_to_keep``): at a 50k vocabulary the logits of a whole prompt
-    would take more memory than the model's state."""
+    each prompt's last position only (``logits_to_keep``): at a 50k vocabulary the logits of a whole
+    4,096-token prompt would take 0.8 GB in float32."""
     B, lengths = len(prompts), [len(p) for p in prompts]
     rows = torch.arange(B, device=prompts[0].device)
     if len(set(lengths)) == 1:  # one plain batch
