@@ -124,6 +124,29 @@ def test_chunkwise_wild_gates_take_unfactorised_path(gate_scale):
     compare(run(inputs, "chunkwise", make_state(), eps=0.0), run(inputs, "reference", make_state(), eps=0.0), 1e-9)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["batched-products", "products-in-the-step"])
+@pytest.mark.parametrize("S, chunk_size", [(65, 16), (100, 7)])
+def test_chunkwise_state_scans_both_ways(monkeypatch, fused, S, chunk_size):
+    """The state scans take the chunks' products up front for small states and inside each step for large ones
+    (``chunkwise.FUSED_SCAN_MIN``); both ways are exact: forced here on a small state, with eps > 0 so that the
+    stabiliser's gradient path runs too."""
+    from xlstm_torch.ops.mlstm_cell import chunkwise
+
+    monkeypatch.setattr(chunkwise, "FUSED_SCAN_MIN", 0 if fused else 1 << 62)
+    inputs, state = make_inputs(S=S, DK=6, DV=5), make_state(DK=6, DV=5)
+    compare(run(inputs, "chunkwise", state, chunk_size=chunk_size, eps=1e-2),
+            run(inputs, "reference", state, eps=1e-2), 1e-10)
+
+
+def test_chunkwise_large_state_takes_the_in_step_products():
+    """DK = DV = 128 takes the in-step products by default (``FUSED_SCAN_MIN``), with a state in and out."""
+    from xlstm_torch.ops.mlstm_cell import chunkwise
+
+    assert 128 * 128 >= chunkwise.FUSED_SCAN_MIN
+    inputs, state = make_inputs(B=1, NH=1, S=130, DK=128, DV=128), make_state(B=1, NH=1, DK=128, DV=128)
+    compare(run(inputs, "chunkwise", state, chunk_size=64), run(inputs, "reference", state), 1e-10)
+
+
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_against_float64_reference(backend, dtype):

@@ -98,6 +98,17 @@ def test_mlstm_packed_stabiliser_paths(backend, eps):
             MLSTM_GRADS, 1e-10)
 
 
+def test_mlstm_chunkwise_packed_products_in_the_scan_steps(monkeypatch):
+    """The in-step products of the state scans (large states; forced here) restart at every document."""
+    from xlstm_torch.ops.mlstm_cell import chunkwise
+
+    monkeypatch.setattr(chunkwise, "FUSED_SCAN_MIN", 0)
+    lengths = LENGTHS["mixed"]
+    inputs, state = mlstm_inputs(sum(lengths)), mlstm_state(len(lengths))
+    compare(mlstm_packed(inputs, lengths, "chunkwise", state, 1e-2),
+            mlstm_loop(inputs, lengths, "reference", state, 1e-2), MLSTM_GRADS, 1e-10)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 3, 16, 64])
 def test_mlstm_chunkwise_packed_any_chunk_size(chunk_size):
     lengths = LENGTHS["mixed"]

@@ -42,6 +42,7 @@ from .._packing import host_to_device
 from .state import MLSTMState, normaliser_floor
 
 SAFE_EXPONENT = 40.0  # exp(40) ~ 2e17: row factors stay far from overflow; lost terms are < e^-47
+FUSED_SCAN_MIN = 128 * 128  # state entries per head from which the scans take each chunk's product in the step
 
 
 def _gate_stats(i64, f64, m0, L: int, chunk_bounds):
@@ -292,13 +293,11 @@ def _chunkwise_backward(qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, i:
     # Carried state: num += (q exp(m_{k-1} - M_j)) C̄_in.
     dnum_carry = dnum * fac["carry"].view(-1, L, 1)
     dq = dnum_carry @ _flat(C_in).transpose(-1, -2)  # (BH nc, L, DK)
-    into_state = _flat(qc).transpose(-1, -2) @ dnum_carry  # (BH nc, DK, DV+1)
-    del dnum_carry
     if dC_last is None:
         dC_last = torch.zeros_like(C_last)
-    dg, dC_inflow, dC0 = _scan_state_grads(into_state.view(BH, nc, DK, DV + 1), dC_last, fac, C_in, C_last,
+    dg, dC_inflow, dC0 = _scan_state_grads(qc, dnum_carry.view(BH, nc, L, DV + 1), dC_last, fac, C_in, C_last,
                                            layout.chunk_bounds)
-    del into_state, C_in
+    del dnum_carry, C_in
 
     # Intra-chunk part: num += tril((q exp(c - M_j)) kwᵀ) v.
     dnum_row = dnum * fac["row"].view(-1, L, 1)
@@ -449,6 +448,28 @@ def _dot(a, b):
     return torch.linalg.vecdot(a.flatten(-2), b.flatten(-2))
 
 
+def _chunk_products(a, b):
+    """The per-chunk products aᵀ b of a (BH, nc, L, X) and b (BH, nc, L, Y) for the scans below, as a function of
+    the chunk index that writes its (BH, X, Y) product into ``out`` (plus ``addend * scale`` when given).
+
+    Small states (X·Y < ``FUSED_SCAN_MIN``) take every product in one batched call up front: one large call runs
+    faster than nc small ones. Large states take each product inside the scan step, while the chunk's slot of the
+    state is in cache: one (BH, nc, X, Y) tensor less to write and read back, which at DK = DV = 256 makes the
+    forward's state scan 1.6x as fast (benchmarks/RESULTS.md, "the state scans at large head dims")."""
+    if a.shape[-1] * b.shape[-1] < FUSED_SCAN_MIN:
+        products = (a.transpose(-1, -2) @ b).unbind(1)  # (BH, X, Y) per chunk
+
+        def step(kk, out, addend, scale):
+            torch.addcmul(products[kk], addend, scale, out=out)
+    else:
+        a_t, b_k = a.transpose(-1, -2).unbind(1), b.unbind(1)
+
+        def step(kk, out, addend, scale):
+            torch.mul(addend, scale, out=out)
+            out.baddbmm_(a_t[kk], b_k[kk])
+    return step
+
+
 def _scan_states(kw_state, vc, fac, C0, chunk_bounds):
     """C_in[:, k] is the state entering chunk k; C_last[:, d] the state after document d's last chunk.
 
@@ -456,45 +477,48 @@ def _scan_states(kw_state, vc, fac, C0, chunk_bounds):
     (L, DK) keys costs less than scaling the (DK, DV+1) updates); vc: (BH, nc, L, DV+1); C0: (BH, D, DK, DV+1)
     each document's initial state. C̄_{k+1} = decay_k C̄_k + η_k kw_kᵀ v_k within a document; a document's
     first chunk takes the document's initial state instead. The per-chunk views are taken once (``unbind``),
-    so each step of the loop is a single fused op: the loop is dispatch-bound at small head dims.
+    so each step of the loop is one or two fused ops: the loop is dispatch-bound at small head dims.
     """
     BH, nc = kw_state.shape[:2]
-    update = kw_state.transpose(-1, -2) @ vc  # (BH, nc, DK, DV+1)
+    step = _chunk_products(kw_state, vc)
     C_in = C0.new_empty(BH, nc, *C0.shape[2:])
     C_last = torch.empty_like(C0)
-    states, updates = C_in.unbind(1), update.unbind(1)
+    states = C_in.unbind(1)
     decay = fac["decay"][..., None, None].unbind(1)
     for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
         states[k0].copy_(C0[:, d])
         for kk in range(k0, k1 - 1):
-            torch.addcmul(updates[kk], states[kk], decay[kk], out=states[kk + 1])
-        torch.addcmul(updates[k1 - 1], states[k1 - 1], decay[k1 - 1], out=C_last[:, d])
+            step(kk, states[kk + 1], states[kk], decay[kk])
+        step(k1 - 1, C_last[:, d], states[k1 - 1], decay[k1 - 1])
     return C_in, C_last
 
 
-def _scan_state_grads(into_state, dC_last, fac, C_in, C_last, chunk_bounds):
+def _scan_state_grads(qc, dnum_carry, dC_last, fac, C_in, C_last, chunk_bounds):
     """Reverse of ``_scan_states``; dC_last (BH, D, DK, DV+1) is the gradient on each document's final state.
 
-    Walking back over each document's chunks, the gradient on the state leaving chunk k is
-    dC̄_end_k = decay_{k+1} dC̄_end_{k+1} + into_state_{k+1}. Returns, per chunk, dg_k = <dC̄_end_k, C̄_end_k>
-    (BH, nc) (both parts of the state leaving chunk k are ∝ exp(g_k); that state is the next chunk's
-    input C_in, or for a document's last chunk its final state C_last), dC̄_end_k times the chunk's inflow
-    weight (BH, nc, DK, DV+1) (the gradient on its update kwᵀ v), and the gradient on C0 (BH, D, DK, DV+1).
-    Each chunk's inner product and scaling run while its dC̄_end was just written (the state-sized
-    tensors are the largest of the backward: one pass over them each, not three), and dC̄_end itself
-    is never stored whole: its slot becomes the scaled gradient once the next step has read it.
+    qc (BH, nc, L, DK) and dnum_carry (BH, nc, L, DV+1) give each chunk's gradient on the state entering it
+    through its carried-state term: into_k = q_kᵀ dnum_carry_k. Walking back over each document's chunks, the
+    gradient on the state leaving chunk k is dC̄_end_k = decay_{k+1} dC̄_end_{k+1} + into_{k+1}. Returns, per
+    chunk, dg_k = <dC̄_end_k, C̄_end_k> (BH, nc) (both parts of the state leaving chunk k are ∝ exp(g_k); that
+    state is the next chunk's input C_in, or for a document's last chunk its final state C_last), dC̄_end_k
+    times the chunk's inflow weight (BH, nc, DK, DV+1) (the gradient on its update kwᵀ v), and the gradient on
+    C0 (BH, D, DK, DV+1). Each chunk's inner product and scaling run while its dC̄_end was just written (the
+    state-sized tensors are the largest of the backward: one pass over them each, not three), and dC̄_end
+    itself is never stored whole: its slot becomes the scaled gradient once the next step has read it.
     """
-    dC_inflow = torch.empty_like(into_state)
+    BH, nc = qc.shape[:2]
+    step = _chunk_products(qc, dnum_carry)
+    dC_inflow = torch.empty_like(C_in)
     dC0 = torch.empty_like(dC_last)
-    dg = [None] * into_state.shape[1]  # per chunk (BH,)
-    ends, into, inflow = dC_inflow.unbind(1), into_state.unbind(1), fac["inflow"][..., None, None].unbind(1)
+    dg = [None] * nc  # per chunk (BH,)
+    ends, inflow = dC_inflow.unbind(1), fac["inflow"][..., None, None].unbind(1)
     decay = fac["decay"][..., None, None].unbind(1)
     for d, (k0, k1) in enumerate(zip(chunk_bounds[:-1], chunk_bounds[1:])):
         ends[k1 - 1].copy_(dC_last[:, d])
         for kk in range(k1 - 1, k0 - 1, -1):  # ends[kk] holds dC̄_end_k here
             dg[kk] = _dot(ends[kk], C_last[:, d] if kk == k1 - 1 else C_in[:, kk + 1])  # <dC̄_end_k, C̄_end_k>
             before = ends[kk - 1] if kk > k0 else dC0[:, d]  # the gradient on the state entering chunk kk
-            torch.addcmul(into[kk], ends[kk], decay[kk], out=before)
+            step(kk, before, ends[kk], decay[kk])
             ends[kk].mul_(inflow[kk])
     return torch.stack(dg, dim=1), dC_inflow, dC0
 
