@@ -158,7 +158,7 @@ def test_mqar_table_keeps_the_learning_rate_with_the_best_validation_accuracy(tm
                 "parameters": 10, "vocab_size": 64, "steps": 5, "batch_size": 2, "num_heads": 1,
                 "slstm_num_heads": 1, "restate_answers": False, "query_power": 0.01, "accuracy": test,
                 "best_val_accuracy": val,
-                "steps_run": 5,
+                "steps_run": 5, **({"train_seconds": 10.0} if model == "transformer" else {}),
                 "optim": asdict(OptimSettings(lr=lr)), "history": [{"step": 5, "val_accuracy": val}]}))
 
     class Args:
@@ -169,6 +169,9 @@ def test_mqar_table_keeps_the_learning_rate_with_the_best_validation_accuracy(tm
     assert "| (64, 4) | 16 | 0.50 ± 0.00 (n=2) | 0.99 ± 0.00 (n=2) |" in text and "Missing" not in text
     assert "| (64, 4) | 16 | lstm | 0.001: val 0.90, test 0.50 ± 0.00 (n=2) **kept**; 0.003: val 0.80" in text
     assert "| (64, 4) | 16 | transformer | 0.001: val 0.50, test 0.50 ± 0.00 (n=2); 0.003: val 1.00" in text
+    # one row per kept run, with its training time where recorded (the lstm's runs predate that field)
+    assert "| (64, 4) | 16 | transformer | 1 | 5 | 1.000 | 0.990 | 10 s (2.00 s/step) |" in text
+    assert "| (64, 4) | 16 | lstm | 0 | 5 | 0.900 | 0.500 | – |" in text and "| lstm | 0 | 5 | 0.800" not in text
     from xlstm_torch.experiments.tables import _cells
 
     Args.lr = [1e-3, 0.001, 3e-3]  # a rate given twice runs once

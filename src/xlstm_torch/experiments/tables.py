@@ -302,6 +302,12 @@ def _mqar_table(results, out: Path, stem: str) -> str:
         for (L, kv, w, m), rs in sorted(ranked.items()):
             means = [statistics.fmean(r["accuracy_by_query_rank"][j] for r in rs) for j in range(kv)]
             rank_lines.append(f"| ({L}, {kv}) | {w} | {m} | " + " | ".join(f"{a:.2f}" for a in means) + " |")
+    run_lines = ["", "Per run:", "", "| (seq len, kv pairs) | width | model | seed | steps run | best val acc | test acc "
+                 "| train time |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["seq_len"], r["num_pairs"], r["width"], r["model"], r["seed"])):
+        run_lines.append(f"| ({r['seq_len']}, {r['num_pairs']}) | {r['width']} | {r['model']} | {r['seed']} | "
+                         f"{r['steps_run']:,} | {r['best_val_accuracy']:.3f} | {r['accuracy']:.3f} | "
+                         f"{_train_time(r)} |")
     plt = _plt()
     if plt:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -332,9 +338,18 @@ def _mqar_table(results, out: Path, stem: str) -> str:
             + (f"; heads per layer {', '.join(map(str, heads))}" if heads else "") + "), mean ± half-range over seeds.\n\n" + "\n".join(lines) + "\n\nParameters: " + ", ".join(f"{m} {p}" for m, p in params.items())
             + "\n\nSteps run (early stop at validation accuracy 1.0): "
             + ", ".join(f"{m} {n}" for m, n in steps.items()) + "\n" + "\n".join(rank_lines) + "\n"
+            + "\n".join(run_lines) + "\n"
             + ("\nLearning rates (cells run at several: the rate with the best mean validation accuracy is kept "
                "above; test accuracy mean ± half-range over seeds):\n\n| (seq len, kv pairs) | width | model | "
                "peak lr: accuracy |\n|---|---|---|---|\n" + "\n".join(sweep_rows) + "\n" if sweep_rows else ""))
+
+
+def _train_time(result: dict) -> str:
+    """A run's training time and time per step, or "–" for runs from before it was recorded."""
+    if "train_seconds" not in result:
+        return "–"
+    seconds = result["train_seconds"]
+    return f"{seconds:,.0f} s ({seconds / max(result['steps_run'], 1):.2f} s/step)"
 
 
 def _lm_table(results, out: Path, stem: str) -> str:
