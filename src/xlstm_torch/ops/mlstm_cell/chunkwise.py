@@ -450,13 +450,14 @@ def _dot(a, b):
 
 def _chunk_products(a, b):
     """The per-chunk products aᵀ b of a (BH, nc, L, X) and b (BH, nc, L, Y) for the scans below, as a function of
-    the chunk index that writes its (BH, X, Y) product into ``out`` (plus ``addend * scale`` when given).
+    the chunk index that writes its (BH, X, Y) product plus ``addend * scale`` into ``out``.
 
     Small states (X·Y < ``FUSED_SCAN_MIN``) take every product in one batched call up front: one large call runs
-    faster than nc small ones. Large states take each product inside the scan step, while the chunk's slot of the
-    state is in cache: one (BH, nc, X, Y) tensor less to write and read back, which at DK = DV = 256 makes the
-    forward's state scan 1.6x as fast (benchmarks/RESULTS.md, "the state scans at large head dims")."""
-    if a.shape[-1] * b.shape[-1] < FUSED_SCAN_MIN:
+    faster than nc small ones. Large states on a CPU take each product inside the scan step, while the chunk's
+    slot of the state is in cache: one (BH, nc, X, Y) tensor less to write and read back, which at DK = DV = 256
+    makes the forward's state scan 1.6x as fast (benchmarks/RESULTS.md, "the state scans at large head dims").
+    Other devices keep the batched call (one kernel instead of nc; the in-step form is unmeasured there)."""
+    if a.device.type != "cpu" or a.shape[-1] * b.shape[-1] < FUSED_SCAN_MIN:
         products = (a.transpose(-1, -2) @ b).unbind(1)  # (BH, X, Y) per chunk
 
         def step(kk, out, addend, scale):
