@@ -139,11 +139,11 @@ def test_chunkwise_state_scans_both_ways(monkeypatch, fused, S, chunk_size):
 
 
 def test_chunkwise_large_state_takes_the_in_step_products():
-    """DK = DV = 128 takes the in-step products by default (``FUSED_SCAN_MIN``), with a state in and out."""
+    """DK = 128, DV = 256 takes the in-step products by default (``FUSED_SCAN_MIN``), with a state in and out."""
     from xlstm_torch.ops.mlstm_cell import chunkwise
 
-    assert 128 * 128 >= chunkwise.FUSED_SCAN_MIN
-    inputs, state = make_inputs(B=1, NH=1, S=130, DK=128, DV=128), make_state(B=1, NH=1, DK=128, DV=128)
+    assert 128 * 257 >= chunkwise.FUSED_SCAN_MIN > 128 * 129
+    inputs, state = make_inputs(B=1, NH=1, S=130, DK=128, DV=256), make_state(B=1, NH=1, DK=128, DV=256)
     compare(run(inputs, "chunkwise", state, chunk_size=64), run(inputs, "reference", state), 1e-10)
 
 

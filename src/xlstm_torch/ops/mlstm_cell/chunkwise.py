@@ -42,7 +42,9 @@ from .._packing import host_to_device
 from .state import MLSTMState, normaliser_floor
 
 SAFE_EXPONENT = 40.0  # exp(40) ~ 2e17: row factors stay far from overflow; lost terms are < e^-47
-FUSED_SCAN_MIN = 128 * 128  # state entries per head from which the scans take each chunk's product in the step
+# State entries per head (DK·(DV+1)) from which the scans on a CPU take each chunk's product in the step: measured
+# slower at 64 x 65, even at 128 x 129, 1.6x faster at 256 x 257 (benchmarks/RESULTS.md); 128 x 256 and up.
+FUSED_SCAN_MIN = 128 * 256
 
 
 def _gate_stats(i64, f64, m0, L: int, chunk_bounds):
