@@ -40,3 +40,22 @@ def test_command_line_applies_it():
             "    c.main([])\n"
             "print(a._applied)")
     assert _run(code, XLSTM_TORCH_MALLOC="").split() == ["False", "True"]
+
+
+@pytest.mark.skipif(not GLIBC or tuple(map(int, platform.libc_ver()[1].split(".")[:2])) < (2, 33),
+                    reason="the tuning exists only for glibc; mallinfo2 since glibc 2.33")
+def test_large_blocks_come_from_the_heap():
+    """A 64 MiB tensor: tuned, glibc serves it from the heap (its mapped bytes, mallinfo2's hblkhd, do not grow),
+    where freed memory is kept for reuse; with the C library's defaults it maps 64 MiB of fresh pages."""
+    code = ("import ctypes, torch, xlstm_torch as x\n"
+            "class Info(ctypes.Structure):\n"
+            "    _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks hblkhd usmblks fsmblks "
+            "uordblks fordblks keepcost'.split()]\n"
+            "libc = ctypes.CDLL(None)\n"
+            "libc.mallinfo2.restype = Info\n"
+            "x.tune_cpu_allocator()\n"
+            "before = libc.mallinfo2().hblkhd\n"
+            "t = torch.empty(16 << 20)\n"
+            "print((libc.mallinfo2().hblkhd - before) >> 20)")
+    assert int(_run(code, XLSTM_TORCH_MALLOC="default")) >= 64  # the control: mapped afresh
+    assert int(_run(code, XLSTM_TORCH_MALLOC="")) == 0
