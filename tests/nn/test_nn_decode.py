@@ -228,3 +228,55 @@ def test_cached_weights_are_not_pickled():
     twin = pickle.loads(pickle.dumps(block))
     assert twin.mlstm_layer.fused_in._value is None
     assert_close(decode_tokens(twin, x)[0], expected, 1e-6, "unpickled")
+
+
+def _traced_ops(fn, *args) -> set:
+    """The aten-level calls of ``fn``'s graph as torch.compile traces it (no code generated): which form
+    ``row_linear`` took."""
+    ops = set()
+
+    def record(gm, example_inputs):
+        ops.update(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=record, fullgraph=True)(*args)
+    return ops
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5])
+def test_row_linear_takes_the_reduction_form_for_few_rows_when_compiled(rows):
+    gen = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, generator=gen) for shape in ((rows, 1, 24), (40, 24), (40,)))
+    ops = _traced_ops(decode.row_linear, x, weight, bias)
+    linear_called = any("linear" in op for op in ops)
+    assert linear_called == (rows > decode.ROW_PRODUCT_MAX_ROWS), ops
+    # Eagerly always the library product (bit-equal to F.linear).
+    assert torch.equal(decode.row_linear(x, weight, bias), torch.nn.functional.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_row_linear_compiled_equals_linear(bias):
+    """What inductor makes of the reduction form: F.linear up to the summation order, with and without a
+    bias, on (rows, I) and (rows, 1, I) inputs and odd sizes."""
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(37, 53, generator=gen)
+    b = torch.randn(37, generator=gen) if bias else None
+    compiled = torch.compile(decode.row_linear, fullgraph=True)
+    for shape in ((1, 53), (3, 1, 53), (4, 53)):
+        x = torch.randn(*shape, generator=gen)
+        assert_close(compiled(x, weight, b), torch.nn.functional.linear(x, weight, b), RTOL[torch.float32],
+                     f"rows {shape}")
+
+
+@pytest.mark.parametrize("activation, row_form", [("gelu", False), ("silu", True)])
+def test_feedforward_step_keeps_an_exact_gelu_out_of_the_reduction(activation, row_form):
+    """Inductor would recompute an exact GELU once per output of the down projection inside the reduction
+    (row_linear's docstring): with GELU the down projection stays a library product."""
+    from xlstm_torch.nn.feedforward import GatedFeedForward
+
+    ffn = GatedFeedForward(D, 1.5, activation).eval()
+    x = torch.randn(1, D)
+    with torch.no_grad():
+        ops = _traced_ops(ffn.step, x)
+    assert any("linear" in op for op in ops) == (not row_form), ops

@@ -54,4 +54,5 @@ class GatedFeedForward(nn.Module):
         """``forward`` in eval mode, with the functional ops called directly (one decoding step: a few
         module calls cost more than the products at batch 1). x: (..., D) -> (..., D)."""
         gated = ACTIVATIONS[self.activation](linear(self.proj_up_gate, x)) * linear(self.proj_up, x)  # (..., F)
-        return linear(self.proj_down, gated)  # (..., D)
+        # A compiled step would recompute an exact GELU once per output inside the product (nn/decode.py row_linear)
+        return linear(self.proj_down, gated, row_form=self.activation != "gelu")  # (..., D)

@@ -16,12 +16,11 @@ SwiGLU feed-forward after every mLSTM layer:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xlstm_torch import ops
 
-from .decode import FusedWeights, decoding, linear
+from .decode import FusedWeights, decoding, linear, row_linear
 from .feedforward import GatedFeedForward
 from .functional import soft_cap, state_dtype
 from .init import small_init_, wang_init_, zero_bias_
@@ -109,7 +108,7 @@ class LargeMLSTMLayer(nn.Module):
             gates = torch.cat((i, f), dim=-1)  # (B, 2 NH)
         else:
             sizes = (self.qk_dim, self.qk_dim, self.v_dim, self.v_dim, 2 * NH)
-            q, k, v, o, gates = F.linear(x, *fused).split(sizes, dim=-1)  # (B, D_qk | D_v | 2 NH)
+            q, k, v, o, gates = row_linear(x, *fused).split(sizes, dim=-1)  # (B, D_qk | D_v | 2 NH)
         q, k, v = q.reshape(B, NH, -1), k.reshape(B, NH, -1), v.reshape(B, NH, -1)  # (B, NH, DK | DV)
         i, f = soft_cap(gates, self.gate_soft_cap).chunk(2, dim=-1)  # (B, NH) each
         sdtype = state_dtype(x.dtype)  # the op contract: cell arithmetic in float32 (float64 for float64)
