@@ -370,6 +370,21 @@ def test_compiled_decoding_equals_eager(name):
                        generate(model, prompt, 10, temperature=0))
 
 
+def test_compiled_step_writes_its_host_code_in_cpp_on_a_cpu(monkeypatch):
+    """On a CPU the decode graph's host code is C++ (``cpp_wrapper``, ~1.1x per token, benchmarks/RESULTS.md);
+    elsewhere torch.compile's defaults."""
+    from xlstm_torch.generation import compiled_step
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or torch.nn.Identity())
+    model = rnn()
+    compiled_step(model)
+    assert calls == [{"options": {"cpp_wrapper": True}}]
+    meta = rnn().to("meta")  # parameters off the CPU
+    compiled_step(meta)
+    assert calls[-1] == {"options": None}
+
+
 def _halve_weights_(model) -> None:
     with torch.no_grad():
         for p in model.parameters():
